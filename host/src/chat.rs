@@ -1,0 +1,495 @@
+//! The normalized chat model every provider translates to and from.
+//!
+//! Clients speak OpenAI's Chat Completions format, so the normalized stream
+//! *is* a typed OpenAI chunk: per choice a text delta, tool-call fragments and
+//! a finish reason, plus usage. Providers turn their wire format into
+//! [`ChatChunk`] / [`ChatCompletion`] values; guardrails see the text deltas;
+//! the encoder writes them back out. Fields weir does not interpret are kept
+//! in `extra` maps so they reach the client unchanged (`logprobs`,
+//! `system_fingerprint`, `refusal`, `reasoning_content`, …).
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::GatewayError;
+
+/// Token usage as OpenAI reports it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    #[serde(default)]
+    pub completion_tokens: u64,
+    #[serde(default)]
+    pub total_tokens: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_tokens_details: Option<CompletionTokensDetails>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `usage.prompt_tokens_details`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PromptTokensDetails {
+    #[serde(default)]
+    pub cached_tokens: u64,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `usage.completion_tokens_details`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CompletionTokensDetails {
+    #[serde(default)]
+    pub reasoning_tokens: u64,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl Usage {
+    /// Usage with the given input and output tokens.
+    pub fn new(prompt_tokens: u64, completion_tokens: u64) -> Self {
+        Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+            ..Default::default()
+        }
+    }
+
+    /// Prompt tokens served from the provider's cache.
+    pub fn cached_tokens(&self) -> u64 {
+        self.prompt_tokens_details
+            .as_ref()
+            .map_or(0, |d| d.cached_tokens)
+    }
+}
+
+/// One `chat.completion.chunk`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChatChunk {
+    #[serde(default)]
+    pub id: String,
+    #[serde(default = "chunk_object")]
+    pub object: String,
+    #[serde(default)]
+    pub created: u64,
+    #[serde(default)]
+    pub model: String,
+    #[serde(default)]
+    pub choices: Vec<ChunkChoice>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+fn chunk_object() -> String {
+    "chat.completion.chunk".into()
+}
+
+/// One choice's part of a chunk.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChunkChoice {
+    #[serde(default)]
+    pub index: u32,
+    #[serde(default)]
+    pub delta: Delta,
+    /// Always serialized (`null` until the choice ends), as OpenAI does.
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// What a choice adds in one chunk.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Delta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// A fragment of a streamed tool call; `arguments` arrive in pieces.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ToolCallDelta {
+    #[serde(default)]
+    pub index: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<FunctionDelta>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// The function part of a tool-call fragment.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FunctionDelta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<String>,
+}
+
+/// A whole (non-streamed) `chat.completion`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChatCompletion {
+    #[serde(default)]
+    pub id: String,
+    #[serde(default = "completion_object")]
+    pub object: String,
+    #[serde(default)]
+    pub created: u64,
+    #[serde(default)]
+    pub model: String,
+    pub choices: Vec<Choice>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+fn completion_object() -> String {
+    "chat.completion".into()
+}
+
+/// One choice of a whole completion.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Choice {
+    #[serde(default)]
+    pub index: u32,
+    pub message: ResponseMessage,
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// The assistant's message in a whole completion.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResponseMessage {
+    #[serde(default = "assistant")]
+    pub role: String,
+    #[serde(default)]
+    pub content: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<Value>>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+fn assistant() -> String {
+    "assistant".into()
+}
+
+/// Roles a chat message may have.
+pub const ROLES: [&str; 6] = [
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "function",
+];
+
+/// A validated `POST /v1/chat/completions` body.
+///
+/// The client's JSON object is kept whole so unknown fields pass through to
+/// OpenAI-style upstreams; the fields weir acts on are read out once here.
+#[derive(Debug, Clone)]
+pub struct ChatRequest {
+    /// The client's body, forwarded with `model` replaced by the target's.
+    pub body: Map<String, Value>,
+    /// The model name the client asked for.
+    pub model: String,
+    pub stream: bool,
+    /// The client asked for the final usage chunk.
+    pub include_usage: bool,
+    /// `max_completion_tokens`, else `max_tokens`.
+    pub max_tokens: Option<u64>,
+}
+
+impl ChatRequest {
+    /// Parse and validate a request body; errors name the offending field.
+    pub fn parse(bytes: &[u8]) -> Result<Self, GatewayError> {
+        let body = parse_object(bytes)?;
+        let model = required_model(&body)?;
+        let stream = optional_bool(&body, "stream")?.unwrap_or(false);
+        let include_usage = match body.get("stream_options") {
+            None | Some(Value::Null) => false,
+            Some(Value::Object(opts)) => match opts.get("include_usage") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => {
+                    return Err(GatewayError::invalid(
+                        "stream_options.include_usage",
+                        "`stream_options.include_usage` must be a boolean",
+                    ));
+                }
+            },
+            Some(_) => {
+                return Err(GatewayError::invalid(
+                    "stream_options",
+                    "`stream_options` must be an object",
+                ));
+            }
+        };
+        let messages = match body.get("messages") {
+            Some(Value::Array(m)) if !m.is_empty() => m,
+            Some(Value::Array(_)) => {
+                return Err(GatewayError::invalid(
+                    "messages",
+                    "`messages` must contain at least one message",
+                ));
+            }
+            Some(_) => {
+                return Err(GatewayError::invalid(
+                    "messages",
+                    "`messages` must be an array of messages",
+                ));
+            }
+            None => {
+                return Err(GatewayError::invalid(
+                    "messages",
+                    "missing required field `messages`",
+                ));
+            }
+        };
+        for (i, message) in messages.iter().enumerate() {
+            validate_message(i, message)?;
+        }
+        let max_tokens = match optional_u64(&body, "max_completion_tokens")? {
+            Some(n) => Some(n),
+            None => optional_u64(&body, "max_tokens")?,
+        };
+        Ok(ChatRequest {
+            body,
+            model,
+            stream,
+            include_usage,
+            max_tokens,
+        })
+    }
+
+    /// The messages (validated to be an array of objects).
+    pub fn messages(&self) -> &[Value] {
+        match self.body.get("messages") {
+            Some(Value::Array(m)) => m,
+            _ => &[],
+        }
+    }
+
+    /// All text a model would read: every message's text parts and tool
+    /// definitions. What token estimates and guardrails look at.
+    pub fn prompt_text_len(&self) -> usize {
+        let messages: usize = self.messages().iter().map(message_text_len).sum();
+        let tools = self.body.get("tools").map_or(0, |t| t.to_string().len());
+        messages + tools
+    }
+
+    /// The text of the last user message, if any.
+    pub fn last_user_text(&self) -> String {
+        self.messages()
+            .iter()
+            .rev()
+            .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+            .map(message_text)
+            .unwrap_or_default()
+    }
+}
+
+/// The concatenated text parts of a message's `content`.
+pub fn message_text(message: &Value) -> String {
+    match message.get("content") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(""),
+        _ => String::new(),
+    }
+}
+
+fn message_text_len(message: &Value) -> usize {
+    let content = match message.get("content") {
+        Some(Value::String(s)) => s.len(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .map(str::len)
+            .sum(),
+        _ => 0,
+    };
+    let tool_calls = message.get("tool_calls").map_or(0, |t| t.to_string().len());
+    content + tool_calls
+}
+
+fn validate_message(i: usize, message: &Value) -> Result<(), GatewayError> {
+    let Value::Object(m) = message else {
+        return Err(GatewayError::invalid(
+            format!("messages[{i}]"),
+            format!("`messages[{i}]` must be an object"),
+        ));
+    };
+    match m.get("role") {
+        Some(Value::String(role)) if ROLES.contains(&role.as_str()) => {}
+        Some(Value::String(role)) => {
+            return Err(GatewayError::invalid(
+                format!("messages[{i}].role"),
+                format!(
+                    "`messages[{i}].role` is `{role}`; expected one of {}",
+                    ROLES.join(", ")
+                ),
+            ));
+        }
+        _ => {
+            return Err(GatewayError::invalid(
+                format!("messages[{i}].role"),
+                format!("`messages[{i}].role` is required and must be a string"),
+            ));
+        }
+    }
+    match m.get("content") {
+        None | Some(Value::Null) | Some(Value::String(_)) | Some(Value::Array(_)) => Ok(()),
+        Some(_) => Err(GatewayError::invalid(
+            format!("messages[{i}].content"),
+            format!("`messages[{i}].content` must be a string or an array of content parts"),
+        )),
+    }
+}
+
+/// Parse a body that must be one JSON object.
+pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, GatewayError> {
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(body)) => Ok(body),
+        Ok(_) => Err(GatewayError::InvalidRequest {
+            message: "the request body must be a JSON object".into(),
+            param: None,
+        }),
+        Err(e) => Err(GatewayError::InvalidRequest {
+            message: format!("the request body is not valid JSON: {e}"),
+            param: None,
+        }),
+    }
+}
+
+/// The required string `model`.
+pub fn required_model(body: &Map<String, Value>) -> Result<String, GatewayError> {
+    match body.get("model") {
+        Some(Value::String(m)) if !m.is_empty() => Ok(m.clone()),
+        Some(Value::String(_)) => Err(GatewayError::invalid("model", "`model` must not be empty")),
+        Some(_) => Err(GatewayError::invalid("model", "`model` must be a string")),
+        None => Err(GatewayError::invalid(
+            "model",
+            "missing required field `model`",
+        )),
+    }
+}
+
+fn optional_bool(body: &Map<String, Value>, field: &str) -> Result<Option<bool>, GatewayError> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(GatewayError::invalid(
+            field,
+            format!("`{field}` must be a boolean"),
+        )),
+    }
+}
+
+fn optional_u64(body: &Map<String, Value>, field: &str) -> Result<Option<u64>, GatewayError> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+            GatewayError::invalid(field, format!("`{field}` must be a non-negative integer"))
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_round_trip_keeps_unknown_fields() {
+        let raw = r#"{"id":"c1","object":"chat.completion.chunk","created":1,"model":"gpt","system_fingerprint":"fp","choices":[{"index":0,"delta":{"content":"hi","refusal":null},"logprobs":null,"finish_reason":null}]}"#;
+        let chunk: ChatChunk = serde_json::from_str(raw).unwrap();
+        assert_eq!(chunk.choices[0].delta.content.as_deref(), Some("hi"));
+        let back: Value = serde_json::to_value(&chunk).unwrap();
+        let orig: Value = serde_json::from_str(raw).unwrap();
+        assert_eq!(back, orig);
+    }
+
+    #[test]
+    fn usage_details() {
+        let u: Usage = serde_json::from_str(
+            r#"{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15,"prompt_tokens_details":{"cached_tokens":4,"audio_tokens":0}}"#,
+        )
+        .unwrap();
+        assert_eq!(u.cached_tokens(), 4);
+        assert_eq!(
+            serde_json::to_value(&u).unwrap()["prompt_tokens_details"]["audio_tokens"],
+            0
+        );
+    }
+
+    #[test]
+    fn request_errors_name_the_field() {
+        let cases: &[(&str, &str)] = &[
+            ("[]", "JSON object"),
+            ("{", "not valid JSON"),
+            (r#"{"messages":[{"role":"user","content":"x"}]}"#, "`model`"),
+            (r#"{"model":3,"messages":[]}"#, "`model`"),
+            (r#"{"model":"m"}"#, "`messages`"),
+            (r#"{"model":"m","messages":[]}"#, "`messages`"),
+            (
+                r#"{"model":"m","messages":[{"role":"robot"}]}"#,
+                "messages[0].role",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":1}]}"#,
+                "messages[0].content",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user"}],"stream":"yes"}"#,
+                "`stream`",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user"}],"max_tokens":-1}"#,
+                "`max_tokens`",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user"}],"stream_options":{"include_usage":1}}"#,
+                "include_usage",
+            ),
+        ];
+        for (body, needle) in cases {
+            let err = ChatRequest::parse(body.as_bytes()).unwrap_err();
+            assert_eq!(err.code(), Some("invalid_request"), "{body}");
+            assert!(err.to_string().contains(needle), "{body}: {err}");
+        }
+    }
+
+    #[test]
+    fn request_fields() {
+        let req = ChatRequest::parse(
+            br#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"ab"},{"type":"text","text":"c"}]}],"stream":true,"stream_options":{"include_usage":true},"max_tokens":9,"custom":1}"#,
+        )
+        .unwrap();
+        assert!(req.stream && req.include_usage);
+        assert_eq!(req.max_tokens, Some(9));
+        assert_eq!(req.last_user_text(), "abc");
+        assert_eq!(req.body["custom"], 1);
+    }
+}

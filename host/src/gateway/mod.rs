@@ -1,0 +1,515 @@
+//! The client API (SPEC §4): routing, shared state and the per-request record.
+//!
+//! [`Gateway`] is built once from a validated [`Config`] with everything the
+//! hot path needs precomputed (key digests, model → targets, prices), then
+//! shared behind an `Arc` by every connection. Each route lives in its own
+//! module; `chat` holds the main request path, top to bottom.
+
+mod chat;
+mod embeddings;
+mod stream;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+use tracing::{info, warn};
+
+use crate::auth::{Caller, KeyStore};
+use crate::config::{Config, PriceConfig};
+use crate::error::GatewayError;
+use crate::limits::Limiter;
+use crate::metrics;
+use crate::providers::{self, AttemptError, ChatReply, HttpClient, Provider, Providers};
+
+/// Every response body the gateway sends.
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// How long a client may take to send its body.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A whole body.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed_unsync()
+}
+
+/// A JSON response.
+pub fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// The OpenAI-shaped response for an error.
+pub fn error_response(error: &GatewayError) -> Response<Body> {
+    let mut response = json_response(error.status(), error.body_bytes());
+    for (name, value) in error.headers() {
+        response.headers_mut().insert(name, value);
+    }
+    response
+}
+
+/// Prices in micro-USD per token (numerically equal to USD per million).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Price {
+    input: f64,
+    cached_input: f64,
+    output: f64,
+}
+
+impl Price {
+    fn from_config(p: Option<&PriceConfig>) -> Price {
+        p.map_or_else(Price::default, |p| Price {
+            input: p.input_per_mtok,
+            cached_input: p.cached_input_per_mtok.unwrap_or(p.input_per_mtok),
+            output: p.output_per_mtok,
+        })
+    }
+
+    /// Integer micro-USD for a usage, rounded to the nearest.
+    pub fn micro_usd(&self, input: u64, cached: u64, output: u64) -> u64 {
+        let cached = cached.min(input);
+        let exact = (input - cached) as f64 * self.input
+            + cached as f64 * self.cached_input
+            + output as f64 * self.output;
+        exact.round() as u64
+    }
+}
+
+/// One place a model can be served.
+#[derive(Debug)]
+pub struct Target {
+    pub provider: Arc<Provider>,
+    pub model: String,
+    /// `provider/model`, as `x-weir-provider` shows it.
+    pub label: String,
+}
+
+/// A configured model.
+#[derive(Debug)]
+pub struct Model {
+    pub name: String,
+    pub targets: Vec<Target>,
+    pub price: Price,
+    pub max_output_tokens: u64,
+}
+
+/// What a client request is recorded as when it ends: one log line and the
+/// request metrics. Never holds a body or a key.
+#[derive(Debug)]
+pub struct RequestLog {
+    pub id: String,
+    route: &'static str,
+    start: Instant,
+    key: Option<String>,
+    model: String,
+    provider: Option<String>,
+    input_tokens: u64,
+    output_tokens: u64,
+    cost_micro_usd: u64,
+    /// Ownership moved to a streaming body that will finish it.
+    handed_off: bool,
+}
+
+impl RequestLog {
+    fn new(route: &'static str) -> Self {
+        RequestLog {
+            id: format!("req_{:016x}{:08x}", fastrand::u64(..), fastrand::u32(..)),
+            route,
+            start: Instant::now(),
+            key: None,
+            model: String::new(),
+            provider: None,
+            input_tokens: 0,
+            output_tokens: 0,
+            cost_micro_usd: 0,
+            handed_off: false,
+        }
+    }
+
+    /// Move the record into a stream that finishes it later.
+    fn hand_off(&mut self) -> RequestLog {
+        let mut moved = RequestLog::new(self.route);
+        std::mem::swap(self, &mut moved);
+        self.handed_off = true;
+        self.id.clone_from(&moved.id);
+        moved
+    }
+
+    fn finish(&self, status: u16, error: Option<&str>) {
+        let elapsed = self.start.elapsed();
+        metrics::request_finished(self.route, &self.model, status, elapsed);
+        if self.input_tokens + self.output_tokens > 0 {
+            metrics::tokens(&self.model, self.input_tokens, self.output_tokens);
+        }
+        if self.cost_micro_usd > 0 {
+            metrics::cost(&self.model, self.cost_micro_usd);
+        }
+        info!(
+            request_id = %self.id,
+            route = self.route,
+            key = self.key.as_deref().unwrap_or("-"),
+            model = %self.model,
+            provider = self.provider.as_deref().unwrap_or("-"),
+            status,
+            error = error.unwrap_or("-"),
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            input_tokens = self.input_tokens,
+            output_tokens = self.output_tokens,
+            cost_usd = self.cost_micro_usd as f64 / 1e6,
+            "request"
+        );
+    }
+}
+
+/// One kind of upstream call, tried target by target by [`Gateway::forward`].
+trait UpstreamCall {
+    type Reply;
+    fn call(
+        &self,
+        client: &HttpClient,
+        target: &Target,
+    ) -> impl Future<Output = Result<Self::Reply, AttemptError>> + Send;
+}
+
+/// A chat completion.
+struct ChatCall<'a>(&'a crate::chat::ChatRequest);
+
+impl UpstreamCall for ChatCall<'_> {
+    type Reply = ChatReply;
+    async fn call(&self, client: &HttpClient, target: &Target) -> Result<ChatReply, AttemptError> {
+        target.provider.chat(client, self.0, &target.model).await
+    }
+}
+
+/// An embeddings request.
+struct EmbeddingsCall<'a>(&'a serde_json::Map<String, Value>);
+
+impl UpstreamCall for EmbeddingsCall<'_> {
+    type Reply = Value;
+    async fn call(&self, client: &HttpClient, target: &Target) -> Result<Value, AttemptError> {
+        target
+            .provider
+            .embeddings(client, self.0, &target.model)
+            .await
+    }
+}
+
+/// The gateway's shared state.
+#[derive(Debug)]
+pub struct Gateway {
+    pub config: Config,
+    keys: KeyStore,
+    models: HashMap<String, Arc<Model>>,
+    model_order: Vec<String>,
+    client: HttpClient,
+    limits: Limiter,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    admin_token: Option<[u8; 32]>,
+    ready: AtomicBool,
+    started: u64,
+}
+
+impl Gateway {
+    /// Build from a validated config; `metrics` renders `/metrics`.
+    pub fn new(
+        config: Config,
+        metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    ) -> anyhow::Result<Arc<Gateway>> {
+        let providers = Providers::from_config(&config);
+        let mut models = HashMap::new();
+        let mut model_order = Vec::new();
+        for m in &config.models {
+            let targets = m
+                .targets
+                .iter()
+                .filter_map(|t| {
+                    Some(Target {
+                        provider: providers.get(&t.provider)?.clone(),
+                        model: t.model.clone(),
+                        label: format!("{}/{}", t.provider, t.model),
+                    })
+                })
+                .collect();
+            model_order.push(m.name.clone());
+            models.insert(
+                m.name.clone(),
+                Arc::new(Model {
+                    name: m.name.clone(),
+                    targets,
+                    price: Price::from_config(m.price.as_ref()),
+                    max_output_tokens: m.max_output_tokens,
+                }),
+            );
+        }
+        let admin_token = config
+            .server
+            .admin_token_env
+            .as_deref()
+            .and_then(|var| std::env::var(var).ok())
+            .map(|t| crate::auth::sha256(t.as_bytes()));
+        let keys = KeyStore::from_config(&config);
+        if keys.is_open() {
+            warn!("no [[keys]] configured: the gateway is open to anyone who can reach it");
+        }
+        Ok(Arc::new(Gateway {
+            keys,
+            models,
+            model_order,
+            client: providers::http_client()?,
+            limits: Limiter::default(),
+            metrics,
+            admin_token,
+            ready: AtomicBool::new(false),
+            started: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            config,
+        }))
+    }
+
+    /// Mark the gateway ready (or not) for `/readyz`.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    /// `/healthz` and `/readyz`, answered on both listeners without a token.
+    pub fn probe(&self, path: &str) -> Option<Response<Body>> {
+        match path {
+            "/healthz" => Some(json_response(StatusCode::OK, r#"{"status":"ok"}"#)),
+            "/readyz" if self.ready.load(Ordering::Acquire) => {
+                Some(json_response(StatusCode::OK, r#"{"status":"ready"}"#))
+            }
+            "/readyz" => Some(json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                r#"{"status":"not ready"}"#,
+            )),
+            _ => None,
+        }
+    }
+
+    /// The Prometheus text for `/metrics`.
+    pub fn render_metrics(&self) -> String {
+        self.metrics
+            .as_ref()
+            .map(|h| h.render())
+            .unwrap_or_default()
+    }
+
+    /// Does `headers` carry the admin token (or is none configured)?
+    pub fn admin_authorized(&self, headers: &http::HeaderMap) -> bool {
+        match &self.admin_token {
+            None => true,
+            Some(want) => crate::auth::bearer(headers)
+                .is_some_and(|t| crate::auth::sha256(t.as_bytes()) == *want),
+        }
+    }
+
+    /// Serve one client-listener request.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        if let Some(probe) = self.probe(req.uri().path()) {
+            return probe;
+        }
+        let route = match req.uri().path() {
+            "/v1/chat/completions" => "chat",
+            "/v1/embeddings" => "embeddings",
+            "/v1/models" => "models",
+            p if p.starts_with("/v1/models/") => "models",
+            _ => "other",
+        };
+        let mut log = RequestLog::new(route);
+        metrics::in_flight(1.0);
+        let result = match (req.method(), route) {
+            (&Method::POST, "chat") => chat::handle(&self, req, &mut log).await,
+            (&Method::POST, "embeddings") => embeddings::handle(&self, req, &mut log).await,
+            (&Method::GET, "models") => self.models_route(&req),
+            (method, "other") => Err(GatewayError::NotFound {
+                method: method.to_string(),
+                path: req.uri().path().to_string(),
+            }),
+            (method, _) => Err(GatewayError::MethodNotAllowed(method.to_string())),
+        };
+        metrics::in_flight(-1.0);
+        let mut response = match result {
+            Ok(response) => {
+                if !log.handed_off {
+                    log.finish(response.status().as_u16(), None);
+                }
+                response
+            }
+            Err(error) => {
+                log.finish(error.status().as_u16(), error.code());
+                error_response(&error)
+            }
+        };
+        if let Ok(id) = HeaderValue::from_str(&log.id) {
+            response.headers_mut().insert("x-weir-request-id", id);
+        }
+        response
+    }
+
+    /// The model a caller asked for: 404 if unknown (even for a restricted
+    /// key), 403 if the key may not use it.
+    fn model_for(&self, caller: &Caller, name: &str) -> Result<&Arc<Model>, GatewayError> {
+        let model = self
+            .models
+            .get(name)
+            .ok_or_else(|| GatewayError::ModelNotFound(name.to_string()))?;
+        if !caller.allows(name) {
+            return Err(GatewayError::ModelNotAllowed {
+                key: caller.name().unwrap_or_default().to_string(),
+                model: name.to_string(),
+            });
+        }
+        Ok(model)
+    }
+
+    /// `GET /v1/models` and `GET /v1/models/{id}`: the models this caller may use.
+    fn models_route(&self, req: &Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+        let caller = self.keys.authenticate(req.headers())?;
+        let entry = |name: &str| json!({"id": name, "object": "model", "created": self.started, "owned_by": "weir"});
+        if let Some(id) = req.uri().path().strip_prefix("/v1/models/") {
+            self.model_for(&caller, id)?;
+            return Ok(json_response(StatusCode::OK, entry(id).to_string()));
+        }
+        let data: Vec<Value> = self
+            .model_order
+            .iter()
+            .filter(|name| caller.allows(name))
+            .map(|name| entry(name))
+            .collect();
+        Ok(json_response(
+            StatusCode::OK,
+            json!({"object": "list", "data": data}).to_string(),
+        ))
+    }
+
+    /// Try the model's targets in order until one answers. Failover-worthy
+    /// failures (connect, timeout, 401/403/429/5xx, malformed) move on; the
+    /// caller's own mistakes (400/404/422) are relayed at once.
+    async fn forward<'m, C: UpstreamCall>(
+        &self,
+        model: &'m Model,
+        call: C,
+        log: &RequestLog,
+    ) -> Result<(&'m Target, C::Reply), GatewayError> {
+        let mut failures = Vec::new();
+        let mut all_timeouts = true;
+        for (i, target) in model.targets.iter().enumerate() {
+            if i > 0 {
+                metrics::failover(&model.name);
+            }
+            let started = Instant::now();
+            let result = call.call(&self.client, target).await;
+            let elapsed = started.elapsed();
+            match result {
+                Ok(reply) => {
+                    metrics::upstream_attempt(&target.provider.name, &target.model, "ok", elapsed);
+                    return Ok((target, reply));
+                }
+                Err(AttemptError::Rejected(error)) => {
+                    metrics::upstream_attempt(
+                        &target.provider.name,
+                        &target.model,
+                        "rejected",
+                        elapsed,
+                    );
+                    return Err(error);
+                }
+                Err(error) => {
+                    metrics::upstream_attempt(
+                        &target.provider.name,
+                        &target.model,
+                        error.reason(),
+                        elapsed,
+                    );
+                    warn!(
+                        request_id = %log.id,
+                        target = %target.label,
+                        reason = %error.describe(),
+                        "upstream attempt failed"
+                    );
+                    all_timeouts &= matches!(error, AttemptError::Timeout);
+                    failures.push(format!("{}: {}", target.label, error.describe()));
+                }
+            }
+        }
+        let message = format!(
+            "every target of model `{}` failed: {}",
+            model.name,
+            failures.join("; ")
+        );
+        Err(if all_timeouts {
+            GatewayError::UpstreamTimeout(message)
+        } else {
+            GatewayError::UpstreamError(message)
+        })
+    }
+}
+
+/// Read a client body up to `limit` bytes (413 beyond).
+async fn read_client_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, GatewayError> {
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(GatewayError::BodyTooLarge { limit });
+    }
+    let collect = Limited::new(req.into_body(), limit).collect();
+    match tokio::time::timeout(BODY_READ_TIMEOUT, collect).await {
+        Err(_) => Err(GatewayError::InvalidRequest {
+            message: "timed out reading the request body".into(),
+            param: None,
+        }),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(GatewayError::BodyTooLarge { limit })
+        }
+        Ok(Err(e)) => Err(GatewayError::InvalidRequest {
+            message: format!("could not read the request body: {e}"),
+            param: None,
+        }),
+    }
+}
+
+/// Format micro-USD as a USD decimal for headers.
+fn usd(micro: u64) -> String {
+    format!("{}.{:06}", micro / 1_000_000, micro % 1_000_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn price_rounds_to_micro_usd() {
+        let p = Price::from_config(Some(&PriceConfig {
+            input_per_mtok: 0.15,
+            output_per_mtok: 0.60,
+            cached_input_per_mtok: Some(0.075),
+        }));
+        // 1000 * 0.15 + 500 * 0.60 = 450 µUSD.
+        assert_eq!(p.micro_usd(1000, 0, 500), 450);
+        // 600 * 0.15 + 400 * 0.075 + 0 = 120.
+        assert_eq!(p.micro_usd(1000, 400, 0), 120);
+        // 3 * 0.15 = 0.45 → 0; 4 * 0.15 = 0.6 → 1.
+        assert_eq!(p.micro_usd(3, 0, 0), 0);
+        assert_eq!(p.micro_usd(4, 0, 0), 1);
+        assert_eq!(usd(1_234_567), "1.234567");
+        assert_eq!(usd(450), "0.000450");
+    }
+}

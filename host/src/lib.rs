@@ -1,0 +1,22 @@
+//! weir: an AI gateway. One OpenAI-compatible endpoint in front of many model
+//! providers, with policies as sandboxed WebAssembly components.
+//!
+//! The request path lives in [`gateway`]; providers translate at the edge in
+//! [`providers`]; the normalized chat model is [`chat`].
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod auth;
+pub mod chat;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod limits;
+pub mod metrics;
+pub mod providers;
+pub mod server;
+pub mod sse;
+pub mod telemetry;
+pub mod tokens;

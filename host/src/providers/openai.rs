@@ -1,0 +1,264 @@
+//! OpenAI and every OpenAI-compatible server (vLLM, Ollama, Groq, Together…).
+//!
+//! The client's body is forwarded as is, with `model` set to the target's and,
+//! for streams, `stream_options.include_usage` forced on so weir can account
+//! tokens (the usage chunk is stripped again later if the client did not ask
+//! for it). Streamed answers are parsed incrementally: each upstream read is
+//! fed to the SSE parser and every complete event becomes a [`ChatChunk`]
+//! right away; nothing is buffered beyond the unfinished line.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use http::{HeaderValue, Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use serde_json::{Map, Value};
+
+use super::{
+    AttemptError, ChatReply, ChunkStream, HttpClient, Provider, StreamFault, body_with,
+    error_chain, key_from_env, max_upstream_body, parse_completion, read_body, send, status_error,
+};
+use crate::chat::{ChatChunk, ChatRequest};
+use crate::config::{Config, ProviderConfig};
+use crate::sse::{SseEvent, SseParser};
+
+/// An OpenAI-style upstream.
+#[derive(Debug)]
+pub struct OpenAi {
+    /// `base_url` without a trailing slash, e.g. `https://api.openai.com/v1`.
+    base: String,
+    auth: Option<HeaderValue>,
+}
+
+impl OpenAi {
+    /// From a validated provider config.
+    pub fn new(p: &ProviderConfig) -> OpenAi {
+        OpenAi {
+            base: Config::base_url(p)
+                .unwrap_or_default()
+                .trim_end_matches('/')
+                .to_string(),
+            auth: key_from_env(p.api_key_env.as_deref(), "Bearer "),
+        }
+    }
+
+    fn request(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        stream: bool,
+    ) -> Result<Request<Full<Bytes>>, AttemptError> {
+        let mut builder = Request::builder()
+            .method(Method::POST)
+            .uri(format!("{}{path}", self.base))
+            .header(CONTENT_TYPE, "application/json")
+            .header(
+                ACCEPT,
+                if stream {
+                    "text/event-stream"
+                } else {
+                    "application/json"
+                },
+            );
+        if let Some(auth) = &self.auth {
+            builder = builder.header(AUTHORIZATION, auth.clone());
+        }
+        builder
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| AttemptError::Connect(format!("cannot build the request: {e}")))
+    }
+
+    pub(super) async fn chat(
+        &self,
+        client: &HttpClient,
+        provider: &Provider,
+        req: &ChatRequest,
+        model: &str,
+    ) -> Result<ChatReply, AttemptError> {
+        let model_value = Value::String(model.to_string());
+        let body = if req.stream {
+            let mut options = match req.body.get("stream_options") {
+                Some(Value::Object(o)) => o.clone(),
+                _ => Map::new(),
+            };
+            options.insert("include_usage".into(), Value::Bool(true));
+            let options = Value::Object(options);
+            body_with(
+                &req.body,
+                &[("model", &model_value), ("stream_options", &options)],
+            )
+        } else {
+            body_with(&req.body, &[("model", &model_value)])
+        };
+        let request = self.request("/chat/completions", body, req.stream)?;
+        let response = send(client, provider, request).await?;
+        let status = response.status();
+        let mut incoming = response.into_body();
+        if !status.is_success() {
+            return Err(status_error(status, &mut incoming, provider.idle_timeout).await);
+        }
+        if !req.stream {
+            let bytes =
+                read_body(&mut incoming, provider.idle_timeout, max_upstream_body()).await?;
+            return Ok(ChatReply::Complete(Box::new(parse_completion(&bytes)?)));
+        }
+        let mut reader = ChunkReader::new(incoming, provider.idle_timeout);
+        match reader.next().await {
+            Some(Ok(first)) => {
+                reader.peeked = Some(first);
+                Ok(ChatReply::Stream(ChunkStream::OpenAi(Box::new(reader))))
+            }
+            None => Err(AttemptError::Malformed(
+                "the stream ended without a chunk".into(),
+            )),
+            Some(Err(StreamFault::IdleTimeout(_))) => Err(AttemptError::Timeout),
+            Some(Err(StreamFault::Read(e))) => Err(AttemptError::Connect(e)),
+            Some(Err(fault)) => Err(AttemptError::Malformed(fault.to_string())),
+        }
+    }
+
+    pub(super) async fn embeddings(
+        &self,
+        client: &HttpClient,
+        provider: &Provider,
+        body: &Map<String, Value>,
+        model: &str,
+    ) -> Result<Value, AttemptError> {
+        let model_value = Value::String(model.to_string());
+        let request = self.request(
+            "/embeddings",
+            body_with(body, &[("model", &model_value)]),
+            false,
+        )?;
+        let response = send(client, provider, request).await?;
+        let status = response.status();
+        let mut incoming = response.into_body();
+        if !status.is_success() {
+            return Err(status_error(status, &mut incoming, provider.idle_timeout).await);
+        }
+        let bytes = read_body(&mut incoming, provider.idle_timeout, max_upstream_body()).await?;
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(v @ Value::Object(_)) if v.get("data").is_some_and(Value::is_array) => Ok(v),
+            _ => Err(AttemptError::Malformed("not an embeddings response".into())),
+        }
+    }
+}
+
+/// Reads an OpenAI SSE stream chunk by chunk.
+#[derive(Debug)]
+pub struct ChunkReader {
+    body: Incoming,
+    idle: Duration,
+    parser: SseParser,
+    events: VecDeque<SseEvent>,
+    scratch: Vec<SseEvent>,
+    peeked: Option<ChatChunk>,
+    saw_finish: bool,
+    ended: bool,
+}
+
+impl ChunkReader {
+    fn new(body: Incoming, idle: Duration) -> Self {
+        ChunkReader {
+            body,
+            idle,
+            parser: SseParser::new(),
+            events: VecDeque::new(),
+            scratch: Vec::new(),
+            peeked: None,
+            saw_finish: false,
+            ended: false,
+        }
+    }
+
+    /// The next chunk; `None` after `[DONE]`.
+    pub async fn next(&mut self) -> Option<Result<ChatChunk, StreamFault>> {
+        if let Some(chunk) = self.peeked.take() {
+            return Some(Ok(chunk));
+        }
+        loop {
+            if self.ended {
+                return None;
+            }
+            if let Some(event) = self.events.pop_front() {
+                match decode_event(&event) {
+                    Decoded::Done => {
+                        self.ended = true;
+                        return None;
+                    }
+                    Decoded::Skip => continue,
+                    Decoded::Chunk(chunk) => {
+                        if chunk.choices.iter().any(|c| c.finish_reason.is_some()) {
+                            self.saw_finish = true;
+                        }
+                        return Some(Ok(chunk));
+                    }
+                    Decoded::Fault(fault) => {
+                        self.ended = true;
+                        return Some(Err(fault));
+                    }
+                }
+            }
+            match tokio::time::timeout(self.idle, self.body.frame()).await {
+                Err(_) => {
+                    self.ended = true;
+                    return Some(Err(StreamFault::IdleTimeout(self.idle)));
+                }
+                Ok(None) => {
+                    self.ended = true;
+                    // Some compatible servers omit `[DONE]`; a stream whose
+                    // choices all finished has ended cleanly anyway.
+                    return (!self.saw_finish).then_some(Err(StreamFault::Closed));
+                }
+                Ok(Some(Err(e))) => {
+                    self.ended = true;
+                    return Some(Err(StreamFault::Read(error_chain(&e))));
+                }
+                Ok(Some(Ok(frame))) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    if let Err(e) = self.parser.feed(&data, &mut self.scratch) {
+                        self.ended = true;
+                        return Some(Err(StreamFault::Malformed(e.to_string())));
+                    }
+                    self.events.extend(self.scratch.drain(..));
+                }
+            }
+        }
+    }
+}
+
+#[allow(clippy::large_enum_variant)] // short-lived, never stored
+enum Decoded {
+    Chunk(ChatChunk),
+    Done,
+    Skip,
+    Fault(StreamFault),
+}
+
+fn decode_event(event: &SseEvent) -> Decoded {
+    let data = event.data.trim();
+    if data == "[DONE]" {
+        return Decoded::Done;
+    }
+    if data.is_empty() {
+        return Decoded::Skip;
+    }
+    match serde_json::from_str::<ChatChunk>(data) {
+        Ok(chunk) => match chunk.extra.get("error") {
+            Some(error) => {
+                let message = error
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .map_or_else(|| error.to_string(), str::to_owned);
+                Decoded::Fault(StreamFault::Upstream(message))
+            }
+            None => Decoded::Chunk(chunk),
+        },
+        Err(e) => Decoded::Fault(StreamFault::Malformed(e.to_string())),
+    }
+}

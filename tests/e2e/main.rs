@@ -1,0 +1,12 @@
+//! Black-box tests: the real `weir` binary, real sockets, mock upstreams
+//! that speak the providers' wire formats. One test binary, a module per
+//! topic (faster to build than one binary per file).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod chat;
+mod cli;
+mod errors;
+mod failover;
+mod lifecycle;
+mod support;

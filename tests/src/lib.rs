@@ -1,0 +1,17 @@
+//! Test and benchmark helpers for weir.
+//!
+//! - [`upstream`]: a scriptable mock provider that speaks OpenAI's wire
+//!   format exactly, faults included, and records what reached it.
+//! - [`gateway`]: starts the real `weir` binary on a config, on free ports.
+//! - [`client`]: a small HTTP/SSE client over real sockets.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_types
+)]
+
+pub mod client;
+pub mod gateway;
+pub mod upstream;
