@@ -178,6 +178,8 @@ pub struct Received {
 
 #[derive(Default)]
 struct Shared {
+    /// Benchmarks turn recording off so memory stays flat.
+    no_record: std::sync::atomic::AtomicBool,
     script: Mutex<VecDeque<Reply>>,
     default: Mutex<Option<Reply>>,
     received: Mutex<Vec<Received>>,
@@ -227,6 +229,13 @@ impl MockUpstream {
         *self.shared.default.lock().unwrap() = Some(reply);
     }
 
+    /// Stop recording requests (for long benchmark runs).
+    pub fn stop_recording(&self) {
+        self.shared
+            .no_record
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Everything that reached this upstream so far.
     pub fn received(&self) -> Vec<Received> {
         self.shared.received.lock().unwrap().clone()
@@ -270,12 +279,14 @@ async fn answer(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    shared.received.lock().unwrap().push(Received {
-        method,
-        path: path.clone(),
-        headers,
-        body: body.clone(),
-    });
+    if !shared.no_record.load(std::sync::atomic::Ordering::Relaxed) {
+        shared.received.lock().unwrap().push(Received {
+            method,
+            path: path.clone(),
+            headers,
+            body: body.clone(),
+        });
+    }
     let reply = shared
         .script
         .lock()
@@ -290,7 +301,9 @@ async fn answer(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
     match reply {
         Reply::Chat(chat) if stream => sse(chat_events(&chat, &body), chat.delay, Tail::Done),
         Reply::Chat(chat) => {
-            tokio::time::sleep(chat.delay).await;
+            if !chat.delay.is_zero() {
+                tokio::time::sleep(chat.delay).await;
+            }
             json_response(200, completion(&chat, &body).to_string())
         }
         Reply::Error {

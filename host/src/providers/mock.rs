@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{Map, Value, json};
 
 use super::{ChatReply, ChunkStream, StreamFault};
+use crate::chat::open::Extra;
 use crate::chat::{
     ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Delta, ResponseMessage, Usage,
 };
@@ -81,10 +82,10 @@ impl Mock {
                         ..Default::default()
                     },
                     finish_reason: Some(finish.into()),
-                    extra: Map::new(),
+                    extra: Extra::default(),
                 }],
                 usage: Some(usage),
-                extra: Map::new(),
+                extra: Extra::default(),
             }));
         }
         let chunk = |delta: Delta, finish_reason: Option<String>| ChatChunk {
@@ -96,10 +97,10 @@ impl Mock {
                 index: 0,
                 delta,
                 finish_reason,
-                extra: Map::new(),
+                extra: Extra::default(),
             }],
             usage: None,
-            extra: Map::new(),
+            extra: Extra::default(),
         };
         let mut queue = VecDeque::new();
         queue.push_back((

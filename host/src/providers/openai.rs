@@ -250,11 +250,12 @@ fn decode_event(event: &SseEvent) -> Decoded {
     }
     match serde_json::from_str::<ChatChunk>(data) {
         Ok(chunk) => match chunk.extra.get("error") {
-            Some(error) => {
+            Some(raw) => {
+                let error: Value = serde_json::from_str(raw.get()).unwrap_or(Value::Null);
                 let message = error
                     .get("message")
                     .and_then(Value::as_str)
-                    .map_or_else(|| error.to_string(), str::to_owned);
+                    .map_or_else(|| raw.get().to_string(), str::to_owned);
                 Decoded::Fault(StreamFault::Upstream(message))
             }
             None => Decoded::Chunk(chunk),

@@ -8,44 +8,37 @@
 //! in `extra` maps so they reach the client unchanged (`logprobs`,
 //! `system_fingerprint`, `refusal`, `reasoning_content`, …).
 
-use serde::{Deserialize, Serialize};
+pub mod open;
+
 use serde_json::{Map, Value};
 
 use crate::error::GatewayError;
+use open::open_struct;
 
-/// Token usage as OpenAI reports it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Usage {
-    #[serde(default)]
-    pub prompt_tokens: u64,
-    #[serde(default)]
-    pub completion_tokens: u64,
-    #[serde(default)]
-    pub total_tokens: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prompt_tokens_details: Option<PromptTokensDetails>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub completion_tokens_details: Option<CompletionTokensDetails>,
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
+open_struct! {
+    /// Token usage as OpenAI reports it: `usage` of a completion or the
+    /// final stream chunk.
+    pub struct Usage {
+        pub prompt_tokens: u64 = "prompt_tokens" always,
+        pub completion_tokens: u64 = "completion_tokens" always,
+        pub total_tokens: u64 = "total_tokens" always,
+        pub prompt_tokens_details: Option<PromptTokensDetails> = "prompt_tokens_details" skip_none,
+        pub completion_tokens_details: Option<CompletionTokensDetails> = "completion_tokens_details" skip_none,
+    }
 }
 
-/// `usage.prompt_tokens_details`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct PromptTokensDetails {
-    #[serde(default)]
-    pub cached_tokens: u64,
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
+open_struct! {
+    /// `usage.prompt_tokens_details`.
+    pub struct PromptTokensDetails {
+        pub cached_tokens: u64 = "cached_tokens" always,
+    }
 }
 
-/// `usage.completion_tokens_details`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct CompletionTokensDetails {
-    #[serde(default)]
-    pub reasoning_tokens: u64,
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
+open_struct! {
+    /// `usage.completion_tokens_details`.
+    pub struct CompletionTokensDetails {
+        pub reasoning_tokens: u64 = "reasoning_tokens" always,
+    }
 }
 
 impl Usage {
@@ -65,131 +58,92 @@ impl Usage {
             .as_ref()
             .map_or(0, |d| d.cached_tokens)
     }
+
+    /// Output tokens spent on reasoning.
+    pub fn reasoning_tokens(&self) -> u64 {
+        self.completion_tokens_details
+            .as_ref()
+            .map_or(0, |d| d.reasoning_tokens)
+    }
 }
 
-/// One `chat.completion.chunk`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ChatChunk {
-    #[serde(default)]
-    pub id: String,
-    #[serde(default = "chunk_object")]
-    pub object: String,
-    #[serde(default)]
-    pub created: u64,
-    #[serde(default)]
-    pub model: String,
-    #[serde(default)]
-    pub choices: Vec<ChunkChoice>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub usage: Option<Usage>,
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
+open_struct! {
+    /// One `chat.completion.chunk`.
+    pub struct ChatChunk {
+        pub id: String = "id" always,
+        pub object: String = "object" always,
+        pub created: u64 = "created" always,
+        pub model: String = "model" always,
+        pub choices: Vec<ChunkChoice> = "choices" always,
+        pub usage: Option<Usage> = "usage" skip_none,
+    }
 }
 
-fn chunk_object() -> String {
-    "chat.completion.chunk".into()
+open_struct! {
+    /// One choice's part of a chunk.
+    pub struct ChunkChoice {
+        pub index: u32 = "index" always,
+        pub delta: Delta = "delta" always,
+        /// Always serialized (`null` until the choice ends), as OpenAI does.
+        pub finish_reason: Option<String> = "finish_reason" always,
+    }
 }
 
-/// One choice's part of a chunk.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ChunkChoice {
-    #[serde(default)]
-    pub index: u32,
-    #[serde(default)]
-    pub delta: Delta,
-    /// Always serialized (`null` until the choice ends), as OpenAI does.
-    #[serde(default)]
-    pub finish_reason: Option<String>,
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
+open_struct! {
+    /// What a choice adds in one chunk.
+    pub struct Delta {
+        pub role: Option<String> = "role" skip_none,
+        pub content: Option<String> = "content" skip_none,
+        pub tool_calls: Option<Vec<ToolCallDelta>> = "tool_calls" skip_none,
+    }
 }
 
-/// What a choice adds in one chunk.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Delta {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub role: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub content: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tool_calls: Option<Vec<ToolCallDelta>>,
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
+open_struct! {
+    /// A fragment of a streamed tool call; `arguments` arrive in pieces.
+    pub struct ToolCallDelta {
+        pub index: u32 = "index" always,
+        pub id: Option<String> = "id" skip_none,
+        pub kind: Option<String> = "type" skip_none,
+        pub function: Option<FunctionDelta> = "function" skip_none,
+    }
 }
 
-/// A fragment of a streamed tool call; `arguments` arrive in pieces.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ToolCallDelta {
-    #[serde(default)]
-    pub index: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub function: Option<FunctionDelta>,
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
+open_struct! {
+    /// The function part of a tool-call fragment.
+    pub struct FunctionDelta {
+        pub name: Option<String> = "name" skip_none,
+        pub arguments: Option<String> = "arguments" skip_none,
+    }
 }
 
-/// The function part of a tool-call fragment.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct FunctionDelta {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub arguments: Option<String>,
+open_struct! {
+    /// A whole (non-streamed) `chat.completion`.
+    pub struct ChatCompletion {
+        pub id: String = "id" always,
+        pub object: String = "object" always,
+        pub created: u64 = "created" always,
+        pub model: String = "model" always,
+        pub choices: Vec<Choice> = "choices" always,
+        pub usage: Option<Usage> = "usage" skip_none,
+    }
 }
 
-/// A whole (non-streamed) `chat.completion`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ChatCompletion {
-    #[serde(default)]
-    pub id: String,
-    #[serde(default = "completion_object")]
-    pub object: String,
-    #[serde(default)]
-    pub created: u64,
-    #[serde(default)]
-    pub model: String,
-    pub choices: Vec<Choice>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub usage: Option<Usage>,
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
+open_struct! {
+    /// One choice of a whole completion.
+    pub struct Choice {
+        pub index: u32 = "index" always,
+        pub message: ResponseMessage = "message" always,
+        pub finish_reason: Option<String> = "finish_reason" always,
+    }
 }
 
-fn completion_object() -> String {
-    "chat.completion".into()
-}
-
-/// One choice of a whole completion.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Choice {
-    #[serde(default)]
-    pub index: u32,
-    pub message: ResponseMessage,
-    #[serde(default)]
-    pub finish_reason: Option<String>,
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
-}
-
-/// The assistant's message in a whole completion.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ResponseMessage {
-    #[serde(default = "assistant")]
-    pub role: String,
-    #[serde(default)]
-    pub content: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tool_calls: Option<Vec<Value>>,
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
-}
-
-fn assistant() -> String {
-    "assistant".into()
+open_struct! {
+    /// The assistant's message in a whole completion.
+    pub struct ResponseMessage {
+        pub role: String = "role" always,
+        pub content: Option<String> = "content" always,
+        pub tool_calls: Option<Vec<Value>> = "tool_calls" skip_none,
+    }
 }
 
 /// Roles a chat message may have.

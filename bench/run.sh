@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Load benchmark: the same local mock upstream reached directly, through
+# nginx (a plain reverse proxy, the native-proxy reference) and through weir,
+# in one run. Prints a markdown table (see bench/README.md).
+#
+#   bench/run.sh                      # core path
+#   BENCH_CONFIG=bench/weir-policies.toml bench/run.sh   # with guardrails
+#
+# Knobs: BENCH_SEQUENTIAL (3000), BENCH_CONCURRENT (20000), BENCH_CONCURRENCY (16).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+if ! command -v nginx >/dev/null; then
+    echo "installing nginx (Debian package) for the reference proxy" >&2
+    (apt-get install -y nginx >/dev/null 2>&1 || (apt-get update >/dev/null && apt-get install -y nginx >/dev/null)) ||
+        { echo "cannot install nginx; run as root or install it" >&2; exit 1; }
+fi
+
+cargo build --release --locked -p weir -p weir-testkit --bins >&2
+
+# Pin the proxies to CPU 1 and the mock + load generator to CPU 0 so the
+# processes under test do not fight the load for a core (2-core machine).
+pin_proxy="taskset -c 1"
+pin_load="taskset -c 0"
+command -v taskset >/dev/null || { pin_proxy=; pin_load=; }
+
+$pin_load ./target/release/weir-mock-upstream 127.0.0.1:18000 20 2>"$work/mock.log" &
+pids+=($!)
+
+config=${BENCH_CONFIG:-bench/weir.toml}
+sed "s#@ROOT@#$root#g" "$config" > "$work/weir.toml"
+RUST_LOG=warn $pin_proxy ./target/release/weir serve --config "$work/weir.toml" 2>"$work/weir.log" &
+weir_pid=$!
+pids+=($weir_pid)
+
+mkdir -p "$work/nginx/logs"
+cat > "$work/nginx/nginx.conf" <<NGINX
+worker_processes 1;
+error_log $work/nginx/logs/error.log warn;
+pid $work/nginx/nginx.pid;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $work/nginx/body;
+    proxy_temp_path $work/nginx/proxy;
+    upstream mock { server 127.0.0.1:18000; keepalive 64; }
+    server {
+        listen 127.0.0.1:18002;
+        location / {
+            proxy_pass http://mock;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }
+    }
+}
+NGINX
+$pin_proxy nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' &
+nginx_pid=$!
+pids+=($nginx_pid)
+
+for port in 18000 18001 18002; do
+    for _ in $(seq 100); do
+        (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break
+        sleep 0.1
+    done
+done
+nginx_workers=$(pgrep -P "$nginx_pid" | paste -sd, -)
+
+$pin_load ./target/release/weir-load \
+    "direct=http://127.0.0.1:18000/v1" \
+    "nginx=http://127.0.0.1:18002/v1@$nginx_pid,$nginx_workers" \
+    "weir=http://127.0.0.1:18001/v1@$weir_pid"

@@ -1,0 +1,210 @@
+//! Load generator for `bench/run.sh`.
+//!
+//! `weir-load NAME=BASE_URL[@PID,PID…] …` runs, against every target in the
+//! same process and run:
+//!
+//! - sequential non-streamed and streamed requests on one keep-alive
+//!   connection (latency: p50 / p99; streams: time to the first `data:`
+//!   event), and
+//! - concurrent non-streamed and streamed load (throughput), with the CPU
+//!   time the target's processes used per request read from `/proc`,
+//!
+//! then prints a markdown table, each proxy's added latency measured against
+//! the `direct` target. Requests carry a 1 KB prompt.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use serde_json::json;
+use weir_testkit::client::{HttpClient, client};
+use weir_testkit::gateway::{cpu_time, rss_kib};
+
+struct Target {
+    name: String,
+    base: String,
+    pids: Vec<u32>,
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn body(stream: bool) -> Bytes {
+    let prompt = "Summarize the following text in one sentence. ".repeat(20);
+    Bytes::from(
+        json!({
+            "model": "chat",
+            "stream": stream,
+            "messages": [{"role": "user", "content": &prompt[..900]}],
+        })
+        .to_string(),
+    )
+}
+
+fn request(base: &str, body: &Bytes) -> Request<Full<Bytes>> {
+    Request::post(format!("{base}/chat/completions"))
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer sk-bench-key-0001")
+        .body(Full::new(body.clone()))
+        .unwrap()
+}
+
+/// One request; returns (time to first data byte, total).
+async fn one(client: &HttpClient, base: &str, body: &Bytes) -> (Duration, Duration) {
+    let start = Instant::now();
+    let response = client.request(request(base, body)).await.unwrap();
+    assert!(response.status().is_success(), "{base}: {}", response.status());
+    let mut body = response.into_body();
+    let mut first = None;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data()
+            && first.is_none()
+            && !data.is_empty()
+        {
+            first = Some(start.elapsed());
+        }
+    }
+    (first.unwrap_or_else(|| start.elapsed()), start.elapsed())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+struct Sequential {
+    ttfb_p50: Duration,
+    ttfb_p99: Duration,
+    total_p50: Duration,
+    total_p99: Duration,
+}
+
+
+async fn sequential(base: &str, stream: bool, n: usize) -> Sequential {
+    let client = client();
+    let body = body(stream);
+    for _ in 0..n / 10 {
+        one(&client, base, &body).await;
+    }
+    let mut ttfb = Vec::with_capacity(n);
+    let mut total = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (f, t) = one(&client, base, &body).await;
+        ttfb.push(f);
+        total.push(t);
+    }
+    ttfb.sort();
+    total.sort();
+    Sequential {
+        ttfb_p50: percentile(&ttfb, 0.5),
+        ttfb_p99: percentile(&ttfb, 0.99),
+        total_p50: percentile(&total, 0.5),
+        total_p99: percentile(&total, 0.99),
+    }
+}
+
+struct Concurrent {
+    rps: f64,
+    cpu_us_per_req: Option<f64>,
+}
+
+async fn concurrent(target: &Target, stream: bool, n: usize, concurrency: usize) -> Concurrent {
+    let client = client();
+    let body = body(stream);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let cpu_before: Duration = target.pids.iter().map(|p| cpu_time(*p)).sum();
+    let start = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let client = client.clone();
+            let body = body.clone();
+            let base = target.base.clone();
+            let next = next.clone();
+            tokio::spawn(async move {
+                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+                    one(&client, &base, &body).await;
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let elapsed = start.elapsed();
+    let cpu_after: Duration = target.pids.iter().map(|p| cpu_time(*p)).sum();
+    Concurrent {
+        rps: n as f64 / elapsed.as_secs_f64(),
+        cpu_us_per_req: (!target.pids.is_empty())
+            .then(|| (cpu_after - cpu_before).as_secs_f64() * 1e6 / n as f64),
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3}", d.as_secs_f64() * 1000.0)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 1)]
+async fn main() {
+    let targets: Vec<Target> = std::env::args()
+        .skip(1)
+        .map(|arg| {
+            let (name, rest) = arg.split_once('=').expect("NAME=URL[@PIDS]");
+            let (base, pids) = rest.split_once('@').unwrap_or((rest, ""));
+            Target {
+                name: name.into(),
+                base: base.into(),
+                pids: pids.split(',').filter_map(|p| p.parse().ok()).collect(),
+            }
+        })
+        .collect();
+    let seq_n = env_usize("BENCH_SEQUENTIAL", 3000);
+    let conc_n = env_usize("BENCH_CONCURRENT", 20000);
+    let concurrency = env_usize("BENCH_CONCURRENCY", 16);
+
+    let mut rows = Vec::new();
+    for t in &targets {
+        eprintln!("benchmarking {} ({})", t.name, t.base);
+        let plain = sequential(&t.base, false, seq_n).await;
+        let streamed = sequential(&t.base, true, seq_n).await;
+        let plain_load = concurrent(t, false, conc_n, concurrency).await;
+        let stream_load = concurrent(t, true, conc_n / 4, concurrency).await;
+        let rss: u64 = t.pids.iter().map(|p| rss_kib(*p)).sum();
+        rows.push((t.name.clone(), plain, streamed, plain_load, stream_load, rss));
+    }
+    let direct = rows.iter().find(|r| r.0 == "direct").map(|r| (r.1.total_p50, r.2.ttfb_p50));
+    println!(
+        "| target | p50 ms | p99 ms | added p50 ms | stream TTFB p50 ms | p99 ms | added TTFB ms | req/s | stream req/s | CPU µs/req | CPU µs/stream | RSS MB |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for (name, plain, streamed, pl, sl, rss) in &rows {
+        let added = |a: Duration, b: Duration| format!("{:+.3}", (a.as_secs_f64() - b.as_secs_f64()) * 1000.0);
+        let (added_p50, added_ttfb) = match direct {
+            Some((p, f)) => (added(plain.total_p50, p), added(streamed.ttfb_p50, f)),
+            None => ("-".into(), "-".into()),
+        };
+        let cpu = |c: Option<f64>| c.map_or("-".into(), |c| format!("{c:.1}"));
+        println!(
+            "| {name} | {} | {} | {added_p50} | {} | {} | {added_ttfb} | {:.0} | {:.0} | {} | {} | {} |",
+            ms(plain.total_p50),
+            ms(plain.total_p99),
+            ms(streamed.ttfb_p50),
+            ms(streamed.ttfb_p99),
+            pl.rps,
+            sl.rps,
+            cpu(pl.cpu_us_per_req),
+            cpu(sl.cpu_us_per_req),
+            if *rss > 0 { format!("{:.1}", *rss as f64 / 1024.0) } else { "-".into() },
+        );
+    }
+}
