@@ -37,6 +37,12 @@ targets = [{ provider = "mock", model = "mock" }]
 price = { input_per_mtok = 0.15, output_per_mtok = 0.60 }
 "#;
 
+/// Guardrails the embedded default applies when they are built, with config.
+const BUNDLED_GUARDRAILS: &[(&str, &str)] = &[
+    ("pii-redact", "{ action = \"redact\" }"),
+    ("prompt-injection", "{}"),
+];
+
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -98,6 +104,8 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     pub header_read_timeout_ms: u64,
     pub shutdown_grace_ms: u64,
+    /// Policy instances alive at once (the wasm instance pool's size).
+    pub policy_instances: u32,
 }
 
 impl Default for ServerConfig {
@@ -109,6 +117,7 @@ impl Default for ServerConfig {
             max_body_bytes: 4 << 20,
             header_read_timeout_ms: 10_000,
             shutdown_grace_ms: 30_000,
+            policy_instances: 1000,
         }
     }
 }
@@ -313,6 +322,13 @@ pub struct PolicyConfig {
     pub timeout_ms: u64,
     #[serde(default = "default_policy_memory_mb")]
     pub memory_mb: u64,
+    /// Guardrails: the most response text one may hold per choice.
+    #[serde(default = "default_max_hold_bytes")]
+    pub max_hold_bytes: usize,
+}
+
+fn default_max_hold_bytes() -> usize {
+    16 << 10
 }
 
 fn default_policy_timeout_ms() -> u64 {
@@ -343,9 +359,22 @@ impl Config {
         Ok(config)
     }
 
-    /// The embedded default.
-    pub fn embedded() -> Result<Config, ConfigErrors> {
-        Self::parse(EMBEDDED_DEFAULT, "<embedded default>", PathBuf::from("."))
+    /// The embedded default; with `bundled`, the folder of the bundled
+    /// policies, its guardrails apply to every model.
+    pub fn embedded(bundled: Option<&Path>) -> Result<Config, ConfigErrors> {
+        let mut text = EMBEDDED_DEFAULT.to_string();
+        if let Some(dir) = bundled {
+            for (name, config) in BUNDLED_GUARDRAILS {
+                let path = dir.join(format!("{name}.wasm"));
+                if path.is_file() {
+                    text.push_str(&format!(
+                        "\n[[policies]]\nname = \"{name}\"\nkind = \"guardrail\"\npath = {}\nglobal = true\nconfig = {config}\n",
+                        toml::Value::String(path.display().to_string())
+                    ));
+                }
+            }
+        }
+        Self::parse(&text, "<embedded default>", PathBuf::from("."))
     }
 
     /// Parse and validate config text; `file` labels errors.
@@ -430,6 +459,12 @@ impl Config {
             err(
                 "server.admin_token_env".into(),
                 format!("environment variable `{var}` is not set"),
+            );
+        }
+        if self.server.policy_instances == 0 {
+            err(
+                "server.policy_instances".into(),
+                "must be greater than 0".into(),
             );
         }
         if self.server.max_body_bytes == 0 {
@@ -623,8 +658,11 @@ impl Config {
             if p.timeout_ms == 0 {
                 err(at("timeout_ms"), "must be greater than 0".into());
             }
-            if p.memory_mb == 0 || p.memory_mb > 4096 {
-                err(at("memory_mb"), "must be between 1 and 4096".into());
+            if p.max_hold_bytes == 0 {
+                err(at("max_hold_bytes"), "must be greater than 0".into());
+            }
+            if p.memory_mb == 0 || p.memory_mb > 512 {
+                err(at("memory_mb"), "must be between 1 and 512".into());
             }
         }
     }
@@ -777,7 +815,7 @@ mod tests {
 
     #[test]
     fn embedded_default_is_valid() {
-        let c = Config::embedded().unwrap();
+        let c = Config::embedded(None).unwrap();
         assert_eq!(c.models[0].name, "mock");
         assert_eq!(c.state.backend, StateBackend::Memory);
     }

@@ -41,9 +41,13 @@ pub enum GatewayError {
     /// The key's budget is spent.
     #[error("{0}")]
     InsufficientQuota(String),
-    /// A guardrail denied the request.
+    /// A guardrail denied the request; `code` overrides `content_filter`.
     #[error("request blocked by policy `{policy}`: {reason}")]
-    ContentFilter { policy: String, reason: String },
+    ContentFilter {
+        policy: String,
+        reason: String,
+        code: Option<String>,
+    },
     /// A policy failed and its `on_error` is `deny`.
     #[error("policy `{policy}` failed: {reason}")]
     PolicyError { policy: String, reason: String },
@@ -112,6 +116,9 @@ impl GatewayError {
             BodyTooLarge { .. } => "body_too_large",
             RateLimited { .. } => "rate_limit_exceeded",
             InsufficientQuota(_) => "insufficient_quota",
+            ContentFilter {
+                code: Some(code), ..
+            } => code,
             ContentFilter { .. } => "content_filter",
             PolicyError { .. } => "policy_error",
             UpstreamError(_) => "upstream_error",

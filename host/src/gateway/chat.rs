@@ -1,6 +1,6 @@
 //! `POST /v1/chat/completions`, top to bottom:
-//! accept → authenticate → limit → route + forward → answer (whole, or a
-//! stream) → account.
+//! accept → authenticate → limit → guardrails (request) → route + forward →
+//! answer (whole, or a stream, through the guardrails) → account.
 //!
 //! Each step is one function with one job. A failure at any step is a
 //! [`GatewayError`] that `Gateway::handle` turns into an OpenAI-shaped answer;
@@ -20,7 +20,8 @@ use crate::auth::Caller;
 use crate::chat::{ChatCompletion, ChatRequest, Usage};
 use crate::error::GatewayError;
 use crate::limits::{RateInfo, Reservation};
-use crate::providers::{ChatReply, ChunkStream};
+use crate::policy::{GuardChain, Policy, RequestContext, Stop};
+use crate::providers::ChatReply;
 use crate::tokens;
 
 pub(super) async fn handle(
@@ -30,8 +31,9 @@ pub(super) async fn handle(
 ) -> Result<Response<Body>, GatewayError> {
     let caller = gw.keys.authenticate(req.headers())?;
     log.key = caller.name().map(str::to_owned);
+    let meta = meta_headers(req.headers());
     let body = read_client_body(req, gw.config.server.max_body_bytes).await?;
-    let chat = ChatRequest::parse(&body)?;
+    let mut chat = ChatRequest::parse(&body)?;
     log.model.clone_from(&chat.model);
     let model = gw.model_for(&caller, &chat.model)?.clone();
     let (reservation, prompt_estimate) = reserve(gw, &caller, &model, &chat)?;
@@ -39,6 +41,22 @@ pub(super) async fn handle(
         .as_ref()
         .map(|r| r.info.clone())
         .unwrap_or_default();
+    let policies = gw.policies();
+    let ctx = RequestContext {
+        request_id: log.id.clone(),
+        key_name: log.key.clone(),
+        model: chat.model.clone(),
+        streaming: chat.stream,
+        metadata: metadata(&chat, meta),
+    };
+    let mut chain = match guard_request(gw, policies.guardrails(&model.name), &mut chat, &ctx).await
+    {
+        Ok(chain) => chain,
+        Err(error) => {
+            settle(gw, reservation, 0, 0);
+            return Err(error);
+        }
+    };
     let (target, reply) = match gw.forward(&model, ChatCall(&chat), log).await {
         Ok(answer) => answer,
         Err(error) => {
@@ -49,13 +67,127 @@ pub(super) async fn handle(
     log.provider = Some(target.label.clone());
     let response = match reply {
         ChatReply::Complete(completion) => {
-            answer_whole(gw, &model, completion, reservation, prompt_estimate, log)
+            answer_whole(
+                gw,
+                &model,
+                completion,
+                chain,
+                reservation,
+                prompt_estimate,
+                log,
+            )
+            .await?
         }
         ChatReply::Stream(stream) => {
-            answer_stream(gw, &model, &chat, stream, reservation, prompt_estimate, log)
+            if let Some(chain) = &mut chain
+                && let Err(stop) = chain.begin_response().await
+            {
+                settle(gw, reservation, 0, 0);
+                return Err(stop_error(stop));
+            }
+            let stream = ClientStream::new(
+                gw.clone(),
+                model.clone(),
+                stream,
+                chain,
+                chat.include_usage,
+                reservation,
+                prompt_estimate,
+                log.hand_off(),
+            );
+            answer_stream(stream)
         }
     };
     Ok(with_headers(response, target, &rate))
+}
+
+/// `x-weir-meta-<name>` headers, for policies' request metadata.
+fn meta_headers(headers: &http::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter_map(|(name, value)| {
+            let key = name.as_str().strip_prefix("x-weir-meta-")?;
+            Some((key.to_string(), value.to_str().ok()?.to_string()))
+        })
+        .collect()
+}
+
+/// The OpenAI `user` field, string `metadata` entries, then meta headers.
+fn metadata(chat: &ChatRequest, headers: Vec<(String, String)>) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if let Some(user) = chat.body.get("user").and_then(|u| u.as_str()) {
+        out.push(("user".to_string(), user.to_string()));
+    }
+    if let Some(meta) = chat.body.get("metadata").and_then(|m| m.as_object()) {
+        out.extend(
+            meta.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))),
+        );
+    }
+    out.extend(headers);
+    out
+}
+
+/// Run the model's guardrails over the request (a rewrite changes `chat`).
+async fn guard_request(
+    gw: &Gateway,
+    policies: &[Arc<Policy>],
+    chat: &mut ChatRequest,
+    ctx: &RequestContext,
+) -> Result<Option<GuardChain>, GatewayError> {
+    if policies.is_empty() {
+        return Ok(None);
+    }
+    let mut chain = GuardChain::start(&gw.runtime, policies, ctx)
+        .await
+        .map_err(stop_error)?;
+    chain.on_request(chat).await.map_err(stop_error)?;
+    Ok(Some(chain))
+}
+
+/// A guardrail's stop as the client's error.
+fn stop_error(stop: Stop) -> GatewayError {
+    match stop {
+        Stop::Blocked { policy, rejection } => GatewayError::ContentFilter {
+            policy,
+            reason: rejection.message,
+            code: Some(rejection.code).filter(|c| !c.is_empty()),
+        },
+        Stop::Failed { policy, reason } => GatewayError::PolicyError { policy, reason },
+    }
+}
+
+/// Run a whole completion's text through the guardrails, choice by choice.
+/// A blocked choice loses its text and ends with `content_filter`; returns
+/// the blocking policy's name.
+async fn guard_completion(
+    chain: &mut GuardChain,
+    completion: &mut ChatCompletion,
+) -> Result<Option<String>, GatewayError> {
+    chain.begin_response().await.map_err(stop_error)?;
+    let mut blocked_by = None;
+    for choice in &mut completion.choices {
+        let had_text = choice.message.content.is_some();
+        let text = choice.message.content.take().unwrap_or_default();
+        let released = match chain.on_chunk(choice.index, text).await {
+            Ok(mut out) => chain.on_end(choice.index).await.map(|tail| {
+                out.push_str(&tail);
+                out
+            }),
+            Err(stop) => Err(stop),
+        };
+        match released {
+            Ok(text) => {
+                choice.message.content = (had_text || !text.is_empty()).then_some(text);
+            }
+            Err(Stop::Blocked { policy, .. }) => {
+                choice.finish_reason = Some("content_filter".into());
+                blocked_by = Some(policy);
+            }
+            Err(stop @ Stop::Failed { .. }) => return Err(stop_error(stop)),
+        }
+    }
+    Ok(blocked_by)
 }
 
 /// Reserve the request's estimated tokens and cost against its key.
@@ -82,15 +214,27 @@ pub(super) fn settle(gw: &Gateway, reservation: Option<Reservation>, tokens: u64
     }
 }
 
-/// A whole completion: rename the model, account, answer.
-fn answer_whole(
+/// A whole completion: guardrails, rename the model, account, answer.
+async fn answer_whole(
     gw: &Gateway,
     model: &Model,
     mut completion: Box<ChatCompletion>,
+    chain: Option<GuardChain>,
     reservation: Option<Reservation>,
     prompt_estimate: u64,
     log: &mut RequestLog,
-) -> Response<Body> {
+) -> Result<Response<Body>, GatewayError> {
+    let blocked_by = match chain {
+        Some(mut chain) => match guard_completion(&mut chain, &mut completion).await {
+            Ok(blocked) => blocked,
+            Err(error) => {
+                let usage = completion.usage.clone().unwrap_or_default();
+                account(gw, model, &usage, reservation, log);
+                return Err(error);
+            }
+        },
+        None => None,
+    };
     completion.model.clone_from(&model.name);
     let usage = completion.usage.clone().unwrap_or_else(|| {
         let text: usize = completion
@@ -107,7 +251,12 @@ fn answer_whole(
     if let Ok(v) = HeaderValue::from_str(&usd(cost)) {
         response.headers_mut().insert("x-weir-cost-usd", v);
     }
-    response
+    if let Some(policy) = blocked_by
+        && let Ok(v) = HeaderValue::from_str(&policy)
+    {
+        response.headers_mut().insert("x-weir-policy", v);
+    }
+    Ok(response)
 }
 
 /// Settle the reservation and record tokens and cost; returns the cost.
@@ -136,26 +285,8 @@ pub(super) fn account(
 }
 
 /// A streamed completion: chunks go to the client as they arrive.
-fn answer_stream(
-    gw: &Arc<Gateway>,
-    model: &Arc<Model>,
-    chat: &ChatRequest,
-    stream: ChunkStream,
-    reservation: Option<Reservation>,
-    prompt_estimate: u64,
-    log: &mut RequestLog,
-) -> Response<Body> {
-    let body = ClientStream::new(
-        gw.clone(),
-        model.clone(),
-        stream,
-        chat.include_usage,
-        reservation,
-        prompt_estimate,
-        log.hand_off(),
-    )
-    .into_body();
-    let mut response = Response::new(body);
+fn answer_stream(stream: ClientStream) -> Response<Body> {
+    let mut response = Response::new(stream.into_body());
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert("cache-control", HeaderValue::from_static("no-cache"));

@@ -7,6 +7,7 @@
 
 mod chat;
 mod embeddings;
+pub mod policies;
 mod stream;
 
 use std::collections::HashMap;
@@ -29,7 +30,10 @@ use crate::config::{Config, PriceConfig};
 use crate::error::GatewayError;
 use crate::limits::Limiter;
 use crate::metrics;
+use crate::policy::PolicyRuntime;
 use crate::providers::{self, AttemptError, ChatReply, HttpClient, Provider, Providers};
+use arc_swap::ArcSwap;
+use policies::PolicySet;
 
 /// Every response body the gateway sends.
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -220,6 +224,8 @@ pub struct Gateway {
     admin_token: Option<[u8; 32]>,
     ready: AtomicBool,
     started: u64,
+    runtime: Arc<PolicyRuntime>,
+    policies: ArcSwap<PolicySet>,
 }
 
 impl Gateway {
@@ -227,6 +233,8 @@ impl Gateway {
     pub fn new(
         config: Config,
         metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+        runtime: Arc<PolicyRuntime>,
+        policies: PolicySet,
     ) -> anyhow::Result<Arc<Gateway>> {
         let providers = Providers::from_config(&config);
         let mut models = HashMap::new();
@@ -277,7 +285,14 @@ impl Gateway {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             config,
+            runtime,
+            policies: ArcSwap::from_pointee(policies),
         }))
+    }
+
+    /// The policy set requests start with now.
+    pub fn policies(&self) -> Arc<PolicySet> {
+        self.policies.load_full()
     }
 
     /// Mark the gateway ready (or not) for `/readyz`.

@@ -3,12 +3,16 @@
 //! Pull-based: the client connection polls this body, which polls the
 //! upstream, so backpressure is end to end (a slow client slows the upstream
 //! read; nothing piles up in between) and a client that goes away drops the
-//! upstream request with it. Each normalized chunk is re-encoded as soon as it
-//! arrives: the model renamed to the client's, the usage chunk kept only if
-//! the client asked for it. The stream ends with `[DONE]`, or with an SSE
-//! error event and no `[DONE]` when the upstream fails mid-stream (so the
-//! official SDKs raise instead of returning a silently truncated answer).
-//! Accounting happens exactly once, when the stream ends or is dropped.
+//! upstream request with it. Each normalized chunk goes through the request's
+//! guardrails (text deltas per choice; held text is released later, a block
+//! ends the stream) and is re-encoded as soon as it arrives: the model
+//! renamed to the client's, the usage chunk kept only if the client asked for
+//! it. The stream ends with `[DONE]`; with a `content_filter` chunk then
+//! `[DONE]` when a guardrail blocks (the upstream request is dropped at
+//! once); or with an SSE error event and no `[DONE]` when the upstream or a
+//! fail-closed policy fails mid-stream, so the official SDKs raise instead of
+//! returning a silently truncated answer. Accounting happens exactly once,
+//! when the stream ends or is dropped.
 
 use std::sync::Arc;
 
@@ -18,9 +22,10 @@ use hyper::body::Frame;
 use serde_json::json;
 
 use super::{Body, Gateway, Model, RequestLog, chat};
-use crate::chat::{ChatChunk, Usage};
+use crate::chat::{ChatChunk, ChunkChoice, Delta, Usage};
 use crate::limits::Reservation;
 use crate::metrics;
+use crate::policy::{GuardChain, Stop};
 use crate::providers::{ChunkStream, StreamFault};
 use crate::sse;
 
@@ -28,28 +33,40 @@ use crate::sse;
 enum End {
     Done,
     Fault(StreamFault),
+    Blocked(String),
+    PolicyFailed(String),
     ClientGone,
 }
 
 pub(super) struct ClientStream {
     gw: Arc<Gateway>,
     model: Arc<Model>,
-    source: ChunkStream,
+    /// `None` once a guardrail blocked: the upstream request is dropped.
+    source: Option<ChunkStream>,
+    chain: Option<GuardChain>,
     include_usage: bool,
     reservation: Option<Reservation>,
     prompt_estimate: u64,
     usage: Option<Usage>,
     output_bytes: usize,
+    /// Choices that ended (their guards' `on-end` ran).
+    ended: Vec<u32>,
+    /// Choices seen, for a final flush if the upstream never finished them.
+    seen: Vec<u32>,
+    /// `id` and `created` of the last chunk, for chunks weir writes itself.
+    last: (String, u64),
     first_sent: bool,
     log: RequestLog,
     finished: bool,
 }
 
 impl ClientStream {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         gw: Arc<Gateway>,
         model: Arc<Model>,
         source: ChunkStream,
+        chain: Option<GuardChain>,
         include_usage: bool,
         reservation: Option<Reservation>,
         prompt_estimate: u64,
@@ -58,12 +75,16 @@ impl ClientStream {
         ClientStream {
             gw,
             model,
-            source,
+            source: Some(source),
+            chain,
             include_usage,
             reservation,
             prompt_estimate,
             usage: None,
             output_bytes: 0,
+            ended: Vec::new(),
+            seen: Vec::new(),
+            last: (String::new(), 0),
             first_sent: false,
             log,
             finished: false,
@@ -84,32 +105,145 @@ impl ClientStream {
             if self.finished {
                 return None;
             }
-            match self.source.next().await {
-                Some(Ok(chunk)) => {
+            let next = match &mut self.source {
+                Some(source) => source.next().await,
+                None => None,
+            };
+            match next {
+                Some(Ok(mut chunk)) => {
+                    if let Err(stop) = self.guard(&mut chunk).await {
+                        return Some(self.stop(stop));
+                    }
                     if let Some(bytes) = self.encode(chunk) {
                         return Some(bytes);
                     }
                 }
                 None => {
+                    let mut out = Vec::new();
+                    match self.flush_unended().await {
+                        Ok(Some(chunk)) => self.write(&chunk, &mut out),
+                        Ok(None) => {}
+                        Err(stop) => return Some(self.stop(stop)),
+                    }
                     self.finish(End::Done);
-                    return Some(Bytes::from_static(b"data: [DONE]\n\n"));
+                    out.extend_from_slice(b"data: [DONE]\n\n");
+                    return Some(Bytes::from(out));
                 }
                 Some(Err(fault)) => {
-                    let event = json!({"error": {
-                        "message": fault.to_string(),
-                        "type": "upstream_error",
-                        "code": fault.code(),
-                    }});
+                    let bytes = error_event(&fault.to_string(), "upstream_error", fault.code());
                     self.finish(End::Fault(fault));
-                    let mut out = Vec::new();
-                    sse::encode_data(event.to_string().as_bytes(), &mut out);
-                    return Some(Bytes::from(out));
+                    return Some(bytes);
                 }
             }
         }
     }
 
-    /// Re-encode one chunk for the client; `None` if it is not for them.
+    /// Run a chunk's text deltas through the guardrails; a finishing choice
+    /// gets its guards' last word first.
+    async fn guard(&mut self, chunk: &mut ChatChunk) -> Result<(), Stop> {
+        self.last = (chunk.id.clone(), chunk.created);
+        let Some(chain) = &mut self.chain else {
+            return Ok(());
+        };
+        for choice in &mut chunk.choices {
+            if !self.seen.contains(&choice.index) {
+                self.seen.push(choice.index);
+            }
+            if let Some(text) = choice.delta.content.take() {
+                let had_text = !text.is_empty();
+                let released = chain.on_chunk(choice.index, text).await?;
+                // Keep `"content": ""` on the role chunk as upstreams send it;
+                // drop a delta that was entirely held.
+                choice.delta.content = (!released.is_empty() || !had_text).then_some(released);
+            }
+            if choice.finish_reason.is_some() && !self.ended.contains(&choice.index) {
+                self.ended.push(choice.index);
+                let tail = chain.on_end(choice.index).await?;
+                if !tail.is_empty() {
+                    let content = choice.delta.content.get_or_insert_with(String::new);
+                    content.push_str(&tail);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// At a clean end, run `on-end` for choices the upstream never finished.
+    async fn flush_unended(&mut self) -> Result<Option<ChatChunk>, Stop> {
+        let Some(chain) = &mut self.chain else {
+            return Ok(None);
+        };
+        let mut choices = Vec::new();
+        for index in self.seen.clone() {
+            if self.ended.contains(&index) {
+                continue;
+            }
+            self.ended.push(index);
+            let tail = chain.on_end(index).await?;
+            if !tail.is_empty() {
+                choices.push(ChunkChoice {
+                    index,
+                    delta: Delta {
+                        content: Some(tail),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                });
+            }
+        }
+        Ok((!choices.is_empty()).then(|| self.own_chunk(choices)))
+    }
+
+    fn own_chunk(&self, choices: Vec<ChunkChoice>) -> ChatChunk {
+        ChatChunk {
+            id: self.last.0.clone(),
+            object: "chat.completion.chunk".into(),
+            created: self.last.1,
+            model: self.model.name.clone(),
+            choices,
+            ..Default::default()
+        }
+    }
+
+    /// A guardrail stopped the stream: block → `content_filter` + `[DONE]`;
+    /// failure (deny) → error event. The upstream request is dropped.
+    fn stop(&mut self, stop: Stop) -> Bytes {
+        self.source = None;
+        match stop {
+            Stop::Blocked { policy, .. } => {
+                let indexes = if self.seen.is_empty() {
+                    vec![0]
+                } else {
+                    self.seen.clone()
+                };
+                let choices = indexes
+                    .into_iter()
+                    .map(|index| ChunkChoice {
+                        index,
+                        finish_reason: Some("content_filter".into()),
+                        ..Default::default()
+                    })
+                    .collect();
+                let chunk = self.own_chunk(choices);
+                let mut out = Vec::new();
+                self.write(&chunk, &mut out);
+                out.extend_from_slice(b"data: [DONE]\n\n");
+                self.finish(End::Blocked(policy));
+                Bytes::from(out)
+            }
+            Stop::Failed { policy, reason } => {
+                let bytes = error_event(
+                    &format!("policy `{policy}` failed: {reason}"),
+                    "policy_error",
+                    "policy_error",
+                );
+                self.finish(End::PolicyFailed(policy));
+                bytes
+            }
+        }
+    }
+
+    /// Re-encode one chunk for the client; `None` if nothing is left for them.
     fn encode(&mut self, mut chunk: ChatChunk) -> Option<Bytes> {
         if let Some(usage) = &chunk.usage {
             self.usage = Some(usage.clone());
@@ -120,9 +254,17 @@ impl ClientStream {
                 chunk.usage = None;
             }
         }
-        for choice in &chunk.choices {
-            if let Some(text) = &choice.delta.content {
-                self.output_bytes += text.len();
+        if self.chain.is_some() {
+            // Chunks whose only content was held carry nothing now.
+            chunk.choices.retain(|c| {
+                c.delta.content.is_some()
+                    || c.delta.role.is_some()
+                    || c.delta.tool_calls.is_some()
+                    || c.finish_reason.is_some()
+                    || !c.delta.extra.is_empty()
+            });
+            if chunk.choices.is_empty() && chunk.usage.is_none() {
+                return None;
             }
         }
         if !self.first_sent {
@@ -131,12 +273,24 @@ impl ClientStream {
         }
         chunk.model.clone_from(&self.model.name);
         let mut out = Vec::with_capacity(256);
+        self.write(&chunk, &mut out);
+        Some(Bytes::from(out))
+    }
+
+    /// Append `chunk` (its model already the client's) as an SSE event.
+    fn write(&mut self, chunk: &ChatChunk, out: &mut Vec<u8>) {
+        for choice in &chunk.choices {
+            if let Some(text) = &choice.delta.content {
+                self.output_bytes += text.len();
+            }
+        }
+        let start = out.len();
         out.extend_from_slice(b"data: ");
-        if serde_json::to_writer(&mut out, &chunk).is_err() {
-            return None;
+        if serde_json::to_writer(&mut *out, chunk).is_err() {
+            out.truncate(start);
+            return;
         }
         out.extend_from_slice(b"\n\n");
-        Some(Bytes::from(out))
     }
 
     fn finish(&mut self, end: End) {
@@ -161,12 +315,29 @@ impl ClientStream {
                 tracing::warn!(request_id = %self.log.id, error = %fault, "upstream failed mid-stream");
                 self.log.finish(200, Some(fault.code()));
             }
+            End::Blocked(policy) => {
+                metrics::stream_aborted(&self.model.name, "content_filter");
+                tracing::info!(request_id = %self.log.id, policy = %policy, "stream blocked by a guardrail");
+                self.log.finish(200, Some("content_filter"));
+            }
+            End::PolicyFailed(policy) => {
+                metrics::stream_aborted(&self.model.name, "policy_error");
+                tracing::warn!(request_id = %self.log.id, policy = %policy, "policy failed mid-stream");
+                self.log.finish(200, Some("policy_error"));
+            }
             End::ClientGone => {
                 metrics::stream_aborted(&self.model.name, "client_closed");
                 self.log.finish(499, Some("client_closed"));
             }
         }
     }
+}
+
+fn error_event(message: &str, kind: &str, code: &str) -> Bytes {
+    let event = json!({"error": {"message": message, "type": kind, "code": code}});
+    let mut out = Vec::new();
+    sse::encode_data(event.to_string().as_bytes(), &mut out);
+    Bytes::from(out)
 }
 
 impl Drop for ClientStream {

@@ -1,0 +1,571 @@
+//! A request's guardrails: one fresh instance per guardrail, in order
+//! (global ones first, then the model's), kept from `on-request` to the
+//! response's last chunk.
+//!
+//! Holding is done here, per guard and per choice: a guard that answers
+//! `hold` (or `partial`) keeps that text, and it is offered again in front of
+//! the next delta. Text flows guard to guard — each sees what the previous
+//! one released — so a chunk costs one call per guardrail that has something
+//! to look at, and nothing when every delta is empty. When no guard holds,
+//! text is released in the same step it arrived: guardrails add no
+//! time-to-first-token beyond their own call cost.
+//!
+//! A guard that traps, times out, runs out of memory, exceeds its hold bound
+//! or returns a policy error is finished for this request: with
+//! `on_error = "deny"` the request (or stream) ends with `policy_error`; with
+//! `"allow"` its text passes on unchecked and the guard is skipped from then
+//! on. Either way the failure is logged with the policy's name and counted.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{Map, Value};
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::warn;
+use wasmtime::Store;
+use wasmtime::component::ResourceAny;
+
+use super::bindings::guardrail::GuardrailPolicy;
+use super::bindings::guardrail::exports::weir::policy::guardrail::{ChunkVerdict, RequestVerdict};
+use super::bindings::guardrail::weir::policy::types as wit;
+use super::state::PolicyState;
+use super::{Policy, PolicyRuntime, Pre, Rejection};
+use crate::chat::{ChatRequest, message_text};
+use crate::config::OnError;
+
+/// Why a response or request stops.
+#[derive(Debug, Clone)]
+pub enum Stop {
+    /// A guardrail denied or blocked.
+    Blocked {
+        policy: String,
+        rejection: Rejection,
+    },
+    /// A guardrail failed and its `on_error` is `deny`.
+    Failed { policy: String, reason: String },
+}
+
+/// Who is asking, for `request-info`.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    pub request_id: String,
+    pub key_name: Option<String>,
+    pub model: String,
+    pub streaming: bool,
+    pub metadata: Vec<(String, String)>,
+}
+
+struct Live {
+    store: Store<PolicyState>,
+    bindings: GuardrailPolicy,
+    response: Option<ResourceAny>,
+    _permit: OwnedSemaphorePermit,
+}
+
+struct Guard {
+    policy: Arc<Policy>,
+    /// `None` once the guard failed (with `on_error = "allow"`).
+    live: Option<Live>,
+    /// Per choice: text held, and all text offered so far.
+    held: Vec<(u32, String)>,
+    full: Vec<(u32, String)>,
+}
+
+impl Guard {
+    fn take_held(&mut self, index: u32) -> String {
+        match self.held.iter_mut().find(|(i, _)| *i == index) {
+            Some((_, h)) => std::mem::take(h),
+            None => String::new(),
+        }
+    }
+
+    fn set_held(&mut self, index: u32, text: String) {
+        match self.held.iter_mut().find(|(i, _)| *i == index) {
+            Some((_, h)) => *h = text,
+            None => self.held.push((index, text)),
+        }
+    }
+
+    fn record(&mut self, index: u32, text: &str) {
+        match self.full.iter_mut().find(|(i, _)| *i == index) {
+            Some((_, f)) => f.push_str(text),
+            None => self.full.push((index, text.to_string())),
+        }
+    }
+
+    /// Handle a failure: `Err` to stop (deny), `Ok` to skip the guard (allow).
+    fn fail(&mut self, kind: &'static str, reason: String, request_id: &str) -> Result<(), Stop> {
+        self.live = None;
+        let policy = &self.policy.name;
+        metrics::counter!("weir_policy_errors_total", "policy" => policy.clone(), "kind" => kind)
+            .increment(1);
+        warn!(policy = %policy, request_id, kind, reason = %reason, on_error = ?self.policy.limits.on_error, "policy failed");
+        match self.policy.limits.on_error {
+            OnError::Deny => Err(Stop::Failed {
+                policy: policy.clone(),
+                reason,
+            }),
+            OnError::Allow => Ok(()),
+        }
+    }
+}
+
+/// Classify a wasmtime error: (metric label, message).
+pub(super) fn describe_failure(e: &wasmtime::Error) -> (&'static str, String) {
+    if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
+        if *trap == wasmtime::Trap::Interrupt {
+            return ("timeout", "exceeded its CPU deadline (timeout_ms)".into());
+        }
+        return ("trap", format!("trapped: {trap}"));
+    }
+    let text = format!("{e:#}");
+    if text.contains("growing memory") || text.contains("memory allocation") {
+        return ("oom", format!("ran out of memory (memory_mb): {text}"));
+    }
+    ("error", text)
+}
+
+/// The guardrails of one request.
+pub struct GuardChain {
+    guards: Vec<Guard>,
+    info: wit::RequestInfo,
+}
+
+impl std::fmt::Debug for GuardChain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuardChain")
+            .field("guards", &self.guards.len())
+            .finish()
+    }
+}
+
+fn role(value: Option<&str>) -> wit::Role {
+    match value {
+        Some("system") => wit::Role::System,
+        Some("developer") => wit::Role::Developer,
+        Some("assistant") => wit::Role::Assistant,
+        Some("tool" | "function") => wit::Role::Tool,
+        _ => wit::Role::User,
+    }
+}
+
+fn role_name(role: wit::Role) -> &'static str {
+    match role {
+        wit::Role::System => "system",
+        wit::Role::Developer => "developer",
+        wit::Role::User => "user",
+        wit::Role::Assistant => "assistant",
+        wit::Role::Tool => "tool",
+    }
+}
+
+fn str_field<'a>(v: &'a Value, k: &str) -> &'a str {
+    v.get(k).and_then(Value::as_str).unwrap_or_default()
+}
+
+/// The request as policies see it.
+fn to_wit(chat: &ChatRequest) -> wit::ChatRequest {
+    let messages = chat
+        .messages()
+        .iter()
+        .map(|m| wit::Message {
+            role: role(m.get("role").and_then(Value::as_str)),
+            content: message_text(m),
+            tool_calls: m
+                .get("tool_calls")
+                .and_then(Value::as_array)
+                .map(|calls| {
+                    calls
+                        .iter()
+                        .map(|c| wit::ToolCall {
+                            id: str_field(c, "id").into(),
+                            name: c
+                                .get("function")
+                                .map_or("", |f| str_field(f, "name"))
+                                .into(),
+                            arguments: c
+                                .get("function")
+                                .map_or("", |f| str_field(f, "arguments"))
+                                .into(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            tool_call_id: m
+                .get("tool_call_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        })
+        .collect();
+    let tools = chat
+        .body
+        .get("tools")
+        .and_then(Value::as_array)
+        .map(|tools| {
+            tools
+                .iter()
+                .filter_map(|t| t.get("function"))
+                .map(|f| wit::ToolDefinition {
+                    name: str_field(f, "name").into(),
+                    description: str_field(f, "description").into(),
+                    parameters: f
+                        .get("parameters")
+                        .map(Value::to_string)
+                        .unwrap_or_default(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    wit::ChatRequest {
+        messages,
+        tools,
+        max_tokens: chat.max_tokens.map(|n| n.min(u64::from(u32::MAX)) as u32),
+    }
+}
+
+/// Write rewritten messages back into the client's JSON: message i keeps its
+/// other fields and non-text parts, with its text replaced.
+fn apply_rewrite(chat: &mut ChatRequest, messages: &[wit::Message]) {
+    let old = match chat.body.remove("messages") {
+        Some(Value::Array(old)) => old,
+        _ => Vec::new(),
+    };
+    let mut new = Vec::with_capacity(messages.len());
+    for (i, m) in messages.iter().enumerate() {
+        let mut obj = match old.get(i) {
+            Some(Value::Object(o)) => o.clone(),
+            _ => Map::new(),
+        };
+        obj.insert("role".into(), Value::String(role_name(m.role).into()));
+        let content = match obj.remove("content") {
+            Some(Value::Array(parts)) => {
+                let mut out = Vec::with_capacity(parts.len());
+                let mut placed = false;
+                for part in parts {
+                    if part.get("type").and_then(Value::as_str) == Some("text") {
+                        if !placed {
+                            out.push(serde_json::json!({"type": "text", "text": m.content}));
+                            placed = true;
+                        }
+                    } else {
+                        out.push(part);
+                    }
+                }
+                if !placed && !m.content.is_empty() {
+                    out.insert(0, serde_json::json!({"type": "text", "text": m.content}));
+                }
+                Value::Array(out)
+            }
+            Some(Value::Null) if m.content.is_empty() => Value::Null,
+            _ => Value::String(m.content.clone()),
+        };
+        obj.insert("content".into(), content);
+        if let Some(id) = &m.tool_call_id {
+            obj.insert("tool_call_id".into(), Value::String(id.clone()));
+        }
+        new.push(Value::Object(obj));
+    }
+    chat.body.insert("messages".into(), Value::Array(new));
+}
+
+impl GuardChain {
+    /// Instantiate every guardrail for a request.
+    pub async fn start(
+        runtime: &PolicyRuntime,
+        policies: &[Arc<Policy>],
+        ctx: &RequestContext,
+    ) -> Result<GuardChain, Stop> {
+        let info = wit::RequestInfo {
+            request_id: ctx.request_id.clone(),
+            key_name: ctx.key_name.clone(),
+            model: ctx.model.clone(),
+            streaming: ctx.streaming,
+            metadata: ctx.metadata.clone(),
+        };
+        let request_id: Arc<str> = ctx.request_id.as_str().into();
+        let mut guards = Vec::with_capacity(policies.len());
+        for policy in policies {
+            let mut guard = Guard {
+                policy: policy.clone(),
+                live: None,
+                held: Vec::new(),
+                full: Vec::new(),
+            };
+            let Pre::Guardrail(pre) = &policy.pre else {
+                continue;
+            };
+            let Some(permit) = runtime.engine.try_permit() else {
+                guard.fail(
+                    "pool_full",
+                    "the policy instance pool is full".into(),
+                    &ctx.request_id,
+                )?;
+                guards.push(guard);
+                continue;
+            };
+            let started = Instant::now();
+            let mut store = runtime
+                .engine
+                .store(policy.meta.clone(), request_id.clone());
+            store.set_epoch_deadline(policy.limits.ticks);
+            match pre.instantiate_async(&mut store).await {
+                Ok(bindings) => {
+                    policy
+                        .metrics
+                        .instantiate
+                        .record(started.elapsed().as_secs_f64());
+                    guard.live = Some(Live {
+                        store,
+                        bindings,
+                        response: None,
+                        _permit: permit,
+                    });
+                }
+                Err(e) => {
+                    let (kind, reason) = describe_failure(&e);
+                    guard.fail(kind, format!("could not start: {reason}"), &ctx.request_id)?;
+                }
+            }
+            guards.push(guard);
+        }
+        Ok(GuardChain { guards, info })
+    }
+
+    /// Is there anything to run?
+    pub fn is_empty(&self) -> bool {
+        self.guards.iter().all(|g| g.live.is_none())
+    }
+
+    /// Run `on-request` through the chain; a rewrite is applied to `chat`.
+    pub async fn on_request(&mut self, chat: &mut ChatRequest) -> Result<(), Stop> {
+        let mut req = to_wit(chat);
+        let mut rewritten = false;
+        for guard in &mut self.guards {
+            let Some(live) = guard.live.as_mut() else {
+                continue;
+            };
+            let started = Instant::now();
+            live.store.set_epoch_deadline(guard.policy.limits.ticks);
+            live.store.data_mut().begin_call();
+            let result = live
+                .bindings
+                .weir_policy_guardrail()
+                .call_on_request(&mut live.store, &self.info, &req)
+                .await;
+            let m = &guard.policy.metrics;
+            m.request_calls.increment(1);
+            m.request_time.record(started.elapsed().as_secs_f64());
+            match result {
+                Ok(Ok(RequestVerdict::Allow)) => {}
+                Ok(Ok(RequestVerdict::Rewrite(messages))) => {
+                    req.messages = messages;
+                    rewritten = true;
+                }
+                Ok(Ok(RequestVerdict::Deny(rejection))) => {
+                    m.denials.increment(1);
+                    return Err(Stop::Blocked {
+                        policy: guard.policy.name.clone(),
+                        rejection: rejection.into(),
+                    });
+                }
+                Ok(Err(policy_error)) => {
+                    guard.fail("policy_error", policy_error, &self.info.request_id)?;
+                }
+                Err(e) => {
+                    let (kind, reason) = describe_failure(&e);
+                    guard.fail(kind, reason, &self.info.request_id)?;
+                }
+            }
+        }
+        if rewritten {
+            apply_rewrite(chat, &req.messages);
+        }
+        Ok(())
+    }
+
+    /// Create each guard's `response-guard` before the first chunk.
+    pub async fn begin_response(&mut self) -> Result<(), Stop> {
+        for guard in &mut self.guards {
+            let Some(live) = guard.live.as_mut() else {
+                continue;
+            };
+            live.store.set_epoch_deadline(guard.policy.limits.ticks);
+            live.store.data_mut().begin_call();
+            let result = live
+                .bindings
+                .weir_policy_guardrail()
+                .response_guard()
+                .call_constructor(&mut live.store, &self.info)
+                .await;
+            match result {
+                Ok(resource) => live.response = Some(resource),
+                Err(e) => {
+                    let (kind, reason) = describe_failure(&e);
+                    guard.fail(kind, reason, &self.info.request_id)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One text delta of choice `index`; returns the text to release now.
+    pub async fn on_chunk(&mut self, index: u32, delta: String) -> Result<String, Stop> {
+        let mut text = delta;
+        for guard in &mut self.guards {
+            text = Self::chunk_one(guard, &self.info.request_id, index, text).await?;
+        }
+        Ok(text)
+    }
+
+    async fn chunk_one(
+        guard: &mut Guard,
+        request_id: &str,
+        index: u32,
+        text: String,
+    ) -> Result<String, Stop> {
+        let Some(resource) = guard.live.as_ref().and_then(|l| l.response) else {
+            return Ok(text);
+        };
+        let held = guard.take_held(index);
+        if text.is_empty() && held.is_empty() {
+            return Ok(text);
+        }
+        guard.record(index, &text);
+        let offered = if held.is_empty() { text } else { held + &text };
+        let Some(live) = guard.live.as_mut() else {
+            return Ok(offered);
+        };
+        let started = Instant::now();
+        live.store.set_epoch_deadline(guard.policy.limits.ticks);
+        live.store.data_mut().begin_call();
+        let result = live
+            .bindings
+            .weir_policy_guardrail()
+            .response_guard()
+            .call_on_chunk(&mut live.store, resource, index, &offered)
+            .await;
+        let m = &guard.policy.metrics;
+        m.chunk_calls.increment(1);
+        m.chunk_time.record(started.elapsed().as_secs_f64());
+        let released = match result {
+            Ok(Ok(verdict)) => match verdict {
+                ChunkVerdict::Pass => offered,
+                ChunkVerdict::Replace(s) => s,
+                ChunkVerdict::Hold => {
+                    guard.set_held(index, offered);
+                    String::new()
+                }
+                ChunkVerdict::Partial(p) => {
+                    guard.set_held(index, p.hold);
+                    p.release
+                }
+                ChunkVerdict::Block(rejection) => {
+                    m.denials.increment(1);
+                    return Err(Stop::Blocked {
+                        policy: guard.policy.name.clone(),
+                        rejection: rejection.into(),
+                    });
+                }
+            },
+            Ok(Err(policy_error)) => {
+                guard.fail("policy_error", policy_error, request_id)?;
+                return Ok(offered);
+            }
+            Err(e) => {
+                let (kind, reason) = describe_failure(&e);
+                guard.fail(kind, reason, request_id)?;
+                return Ok(offered);
+            }
+        };
+        let held_len = guard
+            .held
+            .iter()
+            .find(|(i, _)| *i == index)
+            .map_or(0, |(_, h)| h.len());
+        if held_len > guard.policy.limits.max_hold_bytes {
+            let limit = guard.policy.limits.max_hold_bytes;
+            let everything = guard.take_held(index);
+            guard.fail(
+                "hold_limit",
+                format!("held more than max_hold_bytes ({limit})"),
+                request_id,
+            )?;
+            return Ok(released + &everything);
+        }
+        Ok(released)
+    }
+
+    /// Choice `index` ended: a last verdict from every guard over what it
+    /// still holds. Returns the text to release.
+    pub async fn on_end(&mut self, index: u32) -> Result<String, Stop> {
+        let mut text = String::new();
+        for guard in &mut self.guards {
+            // Text the previous guard released at its end is new to this one.
+            let incoming = std::mem::take(&mut text);
+            let mut out = if incoming.is_empty() {
+                String::new()
+            } else {
+                Self::chunk_one(guard, &self.info.request_id, index, incoming).await?
+            };
+            let Some(resource) = guard.live.as_ref().and_then(|l| l.response) else {
+                out.push_str(&guard.take_held(index));
+                text = out;
+                continue;
+            };
+            let held = guard.take_held(index);
+            let Some(live) = guard.live.as_mut() else {
+                continue;
+            };
+            let started = Instant::now();
+            live.store.set_epoch_deadline(guard.policy.limits.ticks);
+            live.store.data_mut().begin_call();
+            let full = guard
+                .full
+                .iter()
+                .find(|(i, _)| *i == index)
+                .map_or("", |(_, f)| f.as_str());
+            let result = live
+                .bindings
+                .weir_policy_guardrail()
+                .response_guard()
+                .call_on_end(&mut live.store, resource, index, &held, full)
+                .await;
+            let m = &guard.policy.metrics;
+            m.end_calls.increment(1);
+            m.end_time.record(started.elapsed().as_secs_f64());
+            match result {
+                Ok(Ok(ChunkVerdict::Pass | ChunkVerdict::Hold)) => out.push_str(&held),
+                Ok(Ok(ChunkVerdict::Replace(s))) => out.push_str(&s),
+                Ok(Ok(ChunkVerdict::Partial(p))) => {
+                    out.push_str(&p.release);
+                    out.push_str(&p.hold);
+                }
+                Ok(Ok(ChunkVerdict::Block(rejection))) => {
+                    m.denials.increment(1);
+                    return Err(Stop::Blocked {
+                        policy: guard.policy.name.clone(),
+                        rejection: rejection.into(),
+                    });
+                }
+                Ok(Err(policy_error)) => {
+                    guard.fail("policy_error", policy_error, &self.info.request_id)?;
+                    out.push_str(&held);
+                }
+                Err(e) => {
+                    let (kind, reason) = describe_failure(&e);
+                    guard.fail(kind, reason, &self.info.request_id)?;
+                    out.push_str(&held);
+                }
+            }
+            text = out;
+        }
+        Ok(text)
+    }
+
+    /// Is any guard holding text for some choice?
+    pub fn holding(&self) -> bool {
+        self.guards
+            .iter()
+            .any(|g| g.held.iter().any(|(_, h)| !h.is_empty()))
+    }
+}

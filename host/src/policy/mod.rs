@@ -1,0 +1,401 @@
+//! The policy runtime: loads WebAssembly components that implement the
+//! `weir:policy` worlds and runs them for requests.
+//!
+//! This module is the only code that touches wasmtime (STYLE: "one narrow
+//! wrapper owns wasmtime"). The gateway sees [`PolicyRuntime::load`], which
+//! turns a file into an immutable, type-checked, smoke-tested [`Policy`], and
+//! [`GuardChain`], the per-request state of a model's guardrails. It never
+//! sees a `Store`.
+//!
+//! Cost model (numbers from `cargo bench --bench policy`): compiling happens
+//! once per digest (and is cached on disk); `instantiate_pre` once per load;
+//! a request pays a fresh store + instance per guardrail (pooled memory, so
+//! tens of microseconds for a Rust guest) and one call per hook; a streamed
+//! chunk pays one call per guardrail on a live instance.
+
+mod bindings;
+mod engine;
+mod guardrail;
+pub mod inspect;
+mod kv;
+mod state;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use metrics::{Counter, Histogram, counter, histogram};
+use sha2::{Digest, Sha256};
+use wasmtime::component::ResourceAny;
+
+use crate::config::{OnError, PolicyConfig, PolicyKind};
+
+use bindings::guardrail::GuardrailPolicyPre;
+use bindings::guardrail::weir::policy::types as wit;
+use bindings::pricing::PricingPolicyPre;
+use bindings::router::RouterPolicyPre;
+pub use engine::{CompileSource, EngineOptions, PolicyEngine, default_cache_dir};
+pub use guardrail::{GuardChain, RequestContext, Stop};
+pub use kv::{KvStore, MemoryKv};
+use state::PolicyMeta;
+
+/// Why a component could not be loaded. The old version (if any) keeps
+/// serving.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {error}")]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("not a WebAssembly file")]
+    NotWasm,
+    #[error(
+        "a core WebAssembly module, not a component: build it for wasm32-wasip2 or wrap it with `wasm-tools component new`"
+    )]
+    CoreModule,
+    #[error("the component does not compile: {0}")]
+    Compile(String),
+    #[error("the component does not implement the `{world}` world: {detail}")]
+    WrongWorld { world: &'static str, detail: String },
+    #[error("the smoke call failed: {0}")]
+    Smoke(String),
+}
+
+impl LoadError {
+    /// A label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LoadError::Read { .. } => "read",
+            LoadError::NotWasm => "not_wasm",
+            LoadError::CoreModule => "core_module",
+            LoadError::Compile(_) => "compile",
+            LoadError::WrongWorld { .. } => "wrong_world",
+            LoadError::Smoke(_) => "smoke",
+        }
+    }
+}
+
+/// A policy's limits and failure handling from its config.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub on_error: OnError,
+    /// Deadline per hook call, in epoch ticks.
+    pub ticks: u64,
+    pub timeout_ms: u64,
+    pub max_hold_bytes: usize,
+}
+
+enum Pre {
+    Guardrail(GuardrailPolicyPre<state::PolicyState>),
+    Router(RouterPolicyPre<state::PolicyState>),
+    Pricing(PricingPolicyPre<state::PolicyState>),
+}
+
+/// Pre-created metric handles (no label hashing on the hot path).
+struct PolicyMetrics {
+    instantiate: Histogram,
+    request_calls: Counter,
+    request_time: Histogram,
+    chunk_calls: Counter,
+    chunk_time: Histogram,
+    end_calls: Counter,
+    end_time: Histogram,
+    denials: Counter,
+}
+
+impl PolicyMetrics {
+    fn new(name: &str) -> Self {
+        let call = |hook: &'static str| counter!("weir_policy_calls_total", "policy" => name.to_string(), "hook" => hook);
+        let time = |hook: &'static str| histogram!("weir_policy_call_duration_seconds", "policy" => name.to_string(), "hook" => hook);
+        PolicyMetrics {
+            instantiate: time("instantiate"),
+            request_calls: call("on_request"),
+            request_time: time("on_request"),
+            chunk_calls: call("on_chunk"),
+            chunk_time: time("on_chunk"),
+            end_calls: call("on_end"),
+            end_time: time("on_end"),
+            denials: counter!("weir_policy_denials_total", "policy" => name.to_string()),
+        }
+    }
+}
+
+/// A loaded, validated policy: immutable; a reload makes a new one.
+pub struct Policy {
+    pub name: String,
+    pub kind: PolicyKind,
+    /// `sha256:<hex>` of the component bytes.
+    pub digest: String,
+    pub source: PathBuf,
+    pub loaded_at: SystemTime,
+    pub limits: Limits,
+    /// How the component was obtained, and how long loading took.
+    pub compiled: CompileSource,
+    pub load_time: Duration,
+    meta: Arc<PolicyMeta>,
+    pre: Pre,
+    metrics: PolicyMetrics,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("digest", &self.digest)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `sha256:<hex>` of `bytes`.
+pub fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// Loads policies and owns the engine.
+#[derive(Debug)]
+pub struct PolicyRuntime {
+    engine: PolicyEngine,
+    kv: Arc<dyn KvStore>,
+}
+
+impl PolicyRuntime {
+    /// Build the engine.
+    pub fn new(options: &EngineOptions, kv: Arc<dyn KvStore>) -> anyhow::Result<Arc<Self>> {
+        Ok(Arc::new(PolicyRuntime {
+            engine: PolicyEngine::new(options)?,
+            kv,
+        }))
+    }
+
+    /// The engine (for `weir policy` tooling).
+    pub fn engine(&self) -> &PolicyEngine {
+        &self.engine
+    }
+
+    /// Read `path` and load it as `config` says.
+    pub async fn load_file(
+        self: &Arc<Self>,
+        config: &PolicyConfig,
+        path: &Path,
+    ) -> Result<Arc<Policy>, LoadError> {
+        let bytes = tokio::fs::read(path)
+            .await
+            .map_err(|error| LoadError::Read {
+                path: path.to_path_buf(),
+                error,
+            })?;
+        self.load(config, path, bytes).await
+    }
+
+    /// Compile (or fetch from the cache), type-check against the policy's
+    /// world, and make a smoke call with production limits.
+    pub async fn load(
+        self: &Arc<Self>,
+        config: &PolicyConfig,
+        source: &Path,
+        bytes: Vec<u8>,
+    ) -> Result<Arc<Policy>, LoadError> {
+        let started = Instant::now();
+        check_header(&bytes)?;
+        let digest = digest(&bytes);
+        let this = self.clone();
+        let hex = digest.trim_start_matches("sha256:").to_string();
+        let (component, compiled) =
+            tokio::task::spawn_blocking(move || this.engine.compile(&bytes, &hex))
+                .await
+                .map_err(|e| LoadError::Compile(e.to_string()))?
+                .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let instance_pre = self
+            .engine
+            .linker()
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::WrongWorld {
+                world: world_name(config.kind),
+                detail: format!("{e:#}"),
+            })?;
+        let wrong = |e: wasmtime::Error| LoadError::WrongWorld {
+            world: world_name(config.kind),
+            detail: format!("{e:#}"),
+        };
+        let pre = match config.kind {
+            PolicyKind::Guardrail => {
+                Pre::Guardrail(GuardrailPolicyPre::new(instance_pre).map_err(wrong)?)
+            }
+            PolicyKind::Router => Pre::Router(RouterPolicyPre::new(instance_pre).map_err(wrong)?),
+            PolicyKind::Pricing => {
+                Pre::Pricing(PricingPolicyPre::new(instance_pre).map_err(wrong)?)
+            }
+        };
+        let config_json = serde_json::to_string(&config.config).unwrap_or_else(|_| "{}".into());
+        let policy = Policy {
+            name: config.name.clone(),
+            kind: config.kind,
+            digest,
+            source: source.to_path_buf(),
+            loaded_at: SystemTime::now(),
+            limits: Limits {
+                on_error: config.on_error,
+                ticks: PolicyEngine::ticks(config.timeout_ms),
+                timeout_ms: config.timeout_ms,
+                max_hold_bytes: config.max_hold_bytes,
+            },
+            compiled,
+            load_time: Duration::ZERO,
+            meta: Arc::new(PolicyMeta {
+                name: config.name.as_str().into(),
+                config_json,
+                memory_bytes: (config.memory_mb as usize) << 20,
+                kv: self.kv.clone(),
+            }),
+            pre,
+            metrics: PolicyMetrics::new(&config.name),
+        };
+        let mut policy = policy;
+        self.smoke(&policy).await.map_err(LoadError::Smoke)?;
+        policy.load_time = started.elapsed();
+        Ok(Arc::new(policy))
+    }
+
+    /// Call the policy once on a synthetic request with its production
+    /// limits; any trap, timeout or policy error rejects the load.
+    async fn smoke(self: &Arc<Self>, policy: &Policy) -> Result<(), String> {
+        let info = wit::RequestInfo {
+            request_id: "weir-smoke-test".into(),
+            key_name: None,
+            model: "weir-smoke-test".into(),
+            streaming: true,
+            metadata: Vec::new(),
+        };
+        let req = wit::ChatRequest {
+            messages: vec![wit::Message {
+                role: wit::Role::User,
+                content: "Hello! This is weir checking that the policy loads.".into(),
+                tool_calls: Vec::new(),
+                tool_call_id: None,
+            }],
+            tools: Vec::new(),
+            max_tokens: Some(16),
+        };
+        let mut store = self
+            .engine
+            .store(policy.meta.clone(), "weir-smoke-test".into());
+        store.set_epoch_deadline(policy.limits.ticks);
+        let err = |e: wasmtime::Error| guardrail::describe_failure(&e).1;
+        match &policy.pre {
+            Pre::Guardrail(pre) => {
+                let b = pre.instantiate_async(&mut store).await.map_err(err)?;
+                let g = b.weir_policy_guardrail();
+                let flow = async {
+                    store.set_epoch_deadline(policy.limits.ticks);
+                    g.call_on_request(&mut store, &info, &req)
+                        .await?
+                        .map_err(wasmtime::Error::msg)?;
+                    store.set_epoch_deadline(policy.limits.ticks);
+                    let guard: ResourceAny = g
+                        .response_guard()
+                        .call_constructor(&mut store, &info)
+                        .await?;
+                    store.set_epoch_deadline(policy.limits.ticks);
+                    let text = "Hello from the model.";
+                    g.response_guard()
+                        .call_on_chunk(&mut store, guard, 0, text)
+                        .await?
+                        .map_err(wasmtime::Error::msg)?;
+                    store.set_epoch_deadline(policy.limits.ticks);
+                    g.response_guard()
+                        .call_on_end(&mut store, guard, 0, "", text)
+                        .await?
+                        .map_err(wasmtime::Error::msg)?;
+                    Ok::<_, wasmtime::Error>(())
+                };
+                flow.await.map_err(err)
+            }
+            Pre::Router(pre) => {
+                let b = pre.instantiate_async(&mut store).await.map_err(err)?;
+                store.set_epoch_deadline(policy.limits.ticks);
+                let candidates = vec![smoke_candidate("a"), smoke_candidate("b")];
+                let order = b
+                    .weir_policy_router()
+                    .call_route(&mut store, &info, &req, &candidates)
+                    .await
+                    .map_err(err)??;
+                if order.iter().any(|i| *i as usize >= candidates.len()) {
+                    return Err(format!("route returned an out-of-range index: {order:?}"));
+                }
+                Ok(())
+            }
+            Pre::Pricing(pre) => {
+                let b = pre.instantiate_async(&mut store).await.map_err(err)?;
+                store.set_epoch_deadline(policy.limits.ticks);
+                let usage = wit::Usage {
+                    input_tokens: 1000,
+                    output_tokens: 100,
+                    cached_input_tokens: 0,
+                    reasoning_tokens: 0,
+                };
+                b.weir_policy_pricing()
+                    .call_price(
+                        &mut store,
+                        &info,
+                        bindings::pricing::exports::weir::policy::pricing::Phase::Actual,
+                        "weir-smoke-test",
+                        "weir-smoke-test",
+                        usage,
+                    )
+                    .await
+                    .map_err(err)??;
+                Ok(())
+            }
+        }
+    }
+}
+
+fn smoke_candidate(name: &str) -> bindings::router::exports::weir::policy::router::Candidate {
+    bindings::router::exports::weir::policy::router::Candidate {
+        provider: name.into(),
+        model: name.into(),
+        healthy: true,
+        latency_ewma_us: 1000,
+        ttft_ewma_us: 500,
+        error_rate_permille: 0,
+        in_flight: 0,
+        input_micro_usd_per_mtok: 150_000,
+        output_micro_usd_per_mtok: 600_000,
+    }
+}
+
+/// The WIT world a policy kind must implement.
+pub fn world_name(kind: PolicyKind) -> &'static str {
+    match kind {
+        PolicyKind::Guardrail => "weir:policy/guardrail-policy",
+        PolicyKind::Router => "weir:policy/router-policy",
+        PolicyKind::Pricing => "weir:policy/pricing-policy",
+    }
+}
+
+/// Reject what is obviously not a component before compiling.
+fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
+    match bytes.get(..8) {
+        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => Err(LoadError::CoreModule),
+        Some([0, b'a', b's', b'm', _, _, 1, 0]) => Ok(()),
+        _ => Err(LoadError::NotWasm),
+    }
+}
+
+/// The guest's rejection as the gateway reports it.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    pub code: String,
+    pub message: String,
+}
+
+impl From<wit::Rejection> for Rejection {
+    fn from(r: wit::Rejection) -> Self {
+        Rejection {
+            code: r.code,
+            message: r.message,
+        }
+    }
+}
