@@ -1,15 +1,57 @@
 #!/usr/bin/env bash
-# weir's two entry points. Needs only rustup + cargo; installs the rest.
+# weir's entry points. Needs only rustup + cargo; installs the rest.
 #
 #   ./dev.sh run [weir serve args…]   build everything, then run the gateway
 #   ./dev.sh test                     build everything, then run every test
-#   ./dev.sh build                    build everything
+#   ./dev.sh build                    build the host and every policy
+#   ./dev.sh policies                 build the policies (target/policies/*.wasm)
 set -euo pipefail
 cd "$(dirname "$0")"
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
-build() {
+# The package name of each crate folder given.
+packages() {
+    for manifest in "$@"; do
+        sed -n 's/^name = "\(.*\)"/\1/p' "$manifest" | head -n 1
+    done
+}
+
+# Build every policy (and, for tests, the test guests) for wasm32-wasip2 in
+# one cargo invocation sharing the workspace's target dir, then put each at
+# target/<dest>/<folder-name>.wasm (SPEC §1).
+build_wasm() {
+    if ! rustup target list --installed | grep -qx wasm32-wasip2; then
+        log "installing the wasm32-wasip2 target"
+        rustup target add wasm32-wasip2
+    fi
+    local folders=(policies/*/)
+    if [ "${1:-}" = "with-test-guests" ]; then
+        folders+=(tests/guests/*/)
+    fi
+    local args=()
+    for folder in "${folders[@]}"; do
+        [ -f "$folder/Cargo.toml" ] || continue
+        args+=(-p "$(packages "$folder/Cargo.toml")")
+    done
+    log "building ${#folders[@]} policy components (wasm32-wasip2, release)"
+    cargo build --release --locked --target wasm32-wasip2 "${args[@]}"
+    for folder in "${folders[@]}"; do
+        [ -f "$folder/Cargo.toml" ] || continue
+        local name package dest
+        name=$(basename "$folder")
+        package=$(packages "$folder/Cargo.toml")
+        case "$folder" in
+            tests/*) dest=target/test-guests ;;
+            *) dest=target/policies ;;
+        esac
+        mkdir -p "$dest"
+        cp "target/wasm32-wasip2/release/${package//-/_}.wasm" "$dest/$name.wasm"
+    done
+    ls -l target/policies/*.wasm | awk '{printf "    %-40s %8d bytes\n", $9, $5}' >&2
+}
+
+build_host() {
     log "building the weir host (release)"
     cargo build --release --locked -p weir
 }
@@ -17,21 +59,27 @@ build() {
 cmd="${1:-run}"
 shift || true
 case "$cmd" in
+    policies)
+        build_wasm
+        ;;
     build)
-        build
+        build_wasm
+        build_host
         ;;
     run)
-        build
+        build_wasm
+        build_host
         log "starting weir: client API on 127.0.0.1:4000, admin on 127.0.0.1:4001"
         exec ./target/release/weir serve "$@"
         ;;
     test)
-        build
+        build_wasm with-test-guests
+        build_host
         log "running every test (release profile: shares the build above)"
         cargo test --release --locked --workspace
         ;;
     *)
-        echo "usage: $0 run|test|build" >&2
+        echo "usage: $0 run|test|build|policies" >&2
         exit 2
         ;;
 esac

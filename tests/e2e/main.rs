@@ -9,4 +9,5 @@ mod cli;
 mod errors;
 mod failover;
 mod lifecycle;
+mod policies;
 mod support;

@@ -33,6 +33,11 @@ use super::{Policy, PolicyRuntime, Pre, Rejection};
 use crate::chat::{ChatRequest, message_text};
 use crate::config::OnError;
 
+/// The most text one verdict may return (a rewrite's messages, or a
+/// chunk's replacement); more is a policy failure, not a 100 MB upstream
+/// request or client chunk.
+const MAX_OUTPUT_BYTES: usize = 1 << 20;
+
 /// Why a response or request stops.
 #[derive(Debug, Clone)]
 pub enum Stop {
@@ -295,13 +300,14 @@ impl GuardChain {
                 continue;
             };
             let Some(permit) = runtime.engine.try_permit() else {
-                guard.fail(
-                    "pool_full",
-                    "the policy instance pool is full".into(),
-                    &ctx.request_id,
-                )?;
-                guards.push(guard);
-                continue;
+                // Never fail open here: a flood must not switch guardrails off.
+                metrics::counter!("weir_policy_errors_total", "policy" => policy.name.clone(), "kind" => "pool_full")
+                    .increment(1);
+                warn!(policy = %policy.name, request_id = %ctx.request_id, "the policy instance pool is full");
+                return Err(Stop::Failed {
+                    policy: policy.name.clone(),
+                    reason: "the policy instance pool is full (server.policy_instances)".into(),
+                });
             };
             let started = Instant::now();
             let mut store = runtime
@@ -358,6 +364,15 @@ impl GuardChain {
             match result {
                 Ok(Ok(RequestVerdict::Allow)) => {}
                 Ok(Ok(RequestVerdict::Rewrite(messages))) => {
+                    let size: usize = messages.iter().map(|m| m.content.len()).sum();
+                    if size > MAX_OUTPUT_BYTES {
+                        guard.fail(
+                            "output_limit",
+                            format!("rewrote the request to {size} bytes (limit {MAX_OUTPUT_BYTES})"),
+                            &self.info.request_id,
+                        )?;
+                        continue;
+                    }
                     req.messages = messages;
                     rewritten = true;
                 }
@@ -447,6 +462,19 @@ impl GuardChain {
         let m = &guard.policy.metrics;
         m.chunk_calls.increment(1);
         m.chunk_time.record(started.elapsed().as_secs_f64());
+        let too_big = match &result {
+            Ok(Ok(ChunkVerdict::Replace(s))) => s.len(),
+            Ok(Ok(ChunkVerdict::Partial(p))) => p.release.len() + p.hold.len(),
+            _ => 0,
+        };
+        if too_big > MAX_OUTPUT_BYTES {
+            guard.fail(
+                "output_limit",
+                format!("returned {too_big} bytes of text (limit {MAX_OUTPUT_BYTES})"),
+                request_id,
+            )?;
+            return Ok(offered);
+        }
         let released = match result {
             Ok(Ok(verdict)) => match verdict {
                 ChunkVerdict::Pass => offered,
