@@ -119,7 +119,16 @@ impl PolicyEngine {
             .max_memories_per_component(4)
             .max_tables_per_component(16)
             .table_elements(1 << 20)
-            .max_unused_warm_slots(64);
+            .max_unused_warm_slots(64)
+            // Reset a freed instance's memory by rewriting only the pages it
+            // touched (PAGEMAP_SCAN, Linux 6.7+) instead of madvise: no TLB
+            // shootdowns across the worker threads and no page faults when
+            // the slot is reused. Measured: fresh instance + on-request for
+            // the Rust example guardrails dropped by about half.
+            .pagemap_scan(wasmtime::Enabled::Auto)
+            .linear_memory_keep_resident(1 << 20)
+            .table_keep_resident(64 << 10)
+            .async_stack_keep_resident(64 << 10);
         let mut pooled = base_config();
         pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         pooled.memory_reservation(max_memory as u64);

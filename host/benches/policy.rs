@@ -1,0 +1,124 @@
+//! Policy runtime costs, per example guardrail, with the same runtime the
+//! gateway uses (pooling allocator, epoch deadlines, async calls):
+//!
+//! - `on_request/<policy>`: a request's whole guardrail cost: a fresh store
+//!   and instance, then `on-request` over a 1 KB prompt;
+//! - `on_chunk/<policy>`: one 20-byte streamed delta on a live instance.
+//!
+//! Needs the built components: `./dev.sh policies`, then
+//! `cargo bench -p weir --bench policy`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use weir::chat::ChatRequest;
+use weir::config::{OnError, PolicyConfig, PolicyKind};
+use weir::policy::{EngineOptions, GuardChain, MemoryKv, Policy, PolicyRuntime, RequestContext};
+
+const POLICIES: [(&str, &str); 4] = [
+    ("allow-all", "{}"),
+    ("pii-redact", "{}"),
+    ("prompt-injection", "{}"),
+    ("blocklist", r#"{"deny": ["project falcon"], "mask": ["darn", "heck"]}"#),
+];
+
+fn prompt_1kb() -> ChatRequest {
+    let sentence = "Please summarize the quarterly report for the operations team. ";
+    let text: String = sentence.repeat(1024 / sentence.len() + 1)[..1024].to_string();
+    let body = serde_json::json!({
+        "model": "chat",
+        "messages": [{"role": "system", "content": "You are helpful."}, {"role": "user", "content": text}],
+    });
+    ChatRequest::parse(body.to_string().as_bytes()).expect("a valid request")
+}
+
+fn load(rt: &tokio::runtime::Runtime, runtime: &Arc<PolicyRuntime>, name: &str, config: &str) -> Option<Arc<Policy>> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/policies")
+        .join(format!("{name}.wasm"));
+    if !path.is_file() {
+        eprintln!("skipping {name}: {} not built (./dev.sh policies)", path.display());
+        return None;
+    }
+    let config = PolicyConfig {
+        name: name.into(),
+        kind: PolicyKind::Guardrail,
+        path: path.clone(),
+        config: serde_json::from_str(config).expect("config"),
+        global: true,
+        on_error: OnError::Deny,
+        timeout_ms: 100,
+        memory_mb: 32,
+        max_hold_bytes: 1 << 20,
+    };
+    Some(rt.block_on(runtime.load_file(&config, &path)).expect("the policy loads"))
+}
+
+fn ctx(streaming: bool) -> RequestContext {
+    RequestContext {
+        request_id: "bench".into(),
+        key_name: Some("bench".into()),
+        model: "chat".into(),
+        streaming,
+        metadata: Vec::new(),
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let runtime = PolicyRuntime::new(&EngineOptions::default(), Arc::new(MemoryKv::default()))
+        .expect("engine");
+    let request = prompt_1kb();
+    for (name, config) in POLICIES {
+        let Some(policy) = load(&rt, &runtime, name, config) else {
+            continue;
+        };
+        let policies = [policy];
+        c.bench_function(&format!("on_request/{name}"), |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        let mut chat = request.clone();
+                        let mut chain = GuardChain::start(&runtime, &policies, &ctx(false))
+                            .await
+                            .expect("start");
+                        chain.on_request(&mut chat).await.expect("allowed");
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+        c.bench_function(&format!("on_chunk/{name}"), |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let mut chain = GuardChain::start(&runtime, &policies, &ctx(true))
+                        .await
+                        .expect("start");
+                    chain.begin_response().await.expect("guard");
+                    let mut total = Duration::ZERO;
+                    for i in 0..iters {
+                        let delta = format!("token{:04} and more ", i % 10_000);
+                        let start = Instant::now();
+                        let out = chain.on_chunk(0, delta).await.expect("pass");
+                        total += start.elapsed();
+                        std::hint::black_box(out);
+                    }
+                    total
+                })
+            })
+        });
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(30).measurement_time(Duration::from_secs(3));
+    targets = bench
+}
+criterion_main!(benches);
