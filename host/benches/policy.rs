@@ -3,6 +3,8 @@
 //!
 //! - `on_request/<policy>`: a request's whole guardrail cost: a fresh store
 //!   and instance, then `on-request` over a 1 KB prompt;
+//! - `on_request_reused/<policy>`: the same with `reuse_instances` (a warm
+//!   instance from the idle list, returned after the request);
 //! - `on_chunk/<policy>`: one 20-byte streamed delta on a live instance.
 //!
 //! Needs the built components: `./dev.sh policies`, then
@@ -21,7 +23,10 @@ const POLICIES: [(&str, &str); 4] = [
     ("allow-all", "{}"),
     ("pii-redact", "{}"),
     ("prompt-injection", "{}"),
-    ("blocklist", r#"{"deny": ["project falcon"], "mask": ["darn", "heck"]}"#),
+    (
+        "blocklist",
+        r#"{"deny": ["project falcon"], "mask": ["darn", "heck"]}"#,
+    ),
 ];
 
 fn prompt_1kb() -> ChatRequest {
@@ -34,12 +39,21 @@ fn prompt_1kb() -> ChatRequest {
     ChatRequest::parse(body.to_string().as_bytes()).expect("a valid request")
 }
 
-fn load(rt: &tokio::runtime::Runtime, runtime: &Arc<PolicyRuntime>, name: &str, config: &str) -> Option<Arc<Policy>> {
+fn load(
+    rt: &tokio::runtime::Runtime,
+    runtime: &Arc<PolicyRuntime>,
+    name: &str,
+    config: &str,
+    reuse: u32,
+) -> Option<Arc<Policy>> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../target/policies")
         .join(format!("{name}.wasm"));
     if !path.is_file() {
-        eprintln!("skipping {name}: {} not built (./dev.sh policies)", path.display());
+        eprintln!(
+            "skipping {name}: {} not built (./dev.sh policies)",
+            path.display()
+        );
         return None;
     }
     let config = PolicyConfig {
@@ -52,8 +66,12 @@ fn load(rt: &tokio::runtime::Runtime, runtime: &Arc<PolicyRuntime>, name: &str, 
         timeout_ms: 100,
         memory_mb: 32,
         max_hold_bytes: 1 << 20,
+        reuse_instances: reuse,
     };
-    Some(rt.block_on(runtime.load_file(&config, &path)).expect("the policy loads"))
+    Some(
+        rt.block_on(runtime.load_file(&config, &path))
+            .expect("the policy loads"),
+    )
 }
 
 fn ctx(streaming: bool) -> RequestContext {
@@ -75,10 +93,30 @@ fn bench(c: &mut Criterion) {
         .expect("engine");
     let request = prompt_1kb();
     for (name, config) in POLICIES {
-        let Some(policy) = load(&rt, &runtime, name, config) else {
+        let Some(policy) = load(&rt, &runtime, name, config, 0) else {
             continue;
         };
         let policies = [policy];
+        let Some(reusable) = load(&rt, &runtime, name, config, u32::MAX) else {
+            continue;
+        };
+        let reusable = [reusable];
+        c.bench_function(&format!("on_request_reused/{name}"), |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        let mut chat = request.clone();
+                        let mut chain = GuardChain::start(&runtime, &reusable, &ctx(false))
+                            .await
+                            .expect("start");
+                        chain.on_request(&mut chat).await.expect("allowed");
+                        chain.finish().await;
+                    }
+                    start.elapsed()
+                })
+            })
+        });
         c.bench_function(&format!("on_request/{name}"), |b| {
             b.iter_custom(|iters| {
                 rt.block_on(async {

@@ -325,6 +325,11 @@ pub struct PolicyConfig {
     /// Guardrails: the most response text one may hold per choice.
     #[serde(default = "default_max_hold_bytes")]
     pub max_hold_bytes: usize,
+    /// Opt-in: serve up to this many requests with one instance (0 = a
+    /// fresh instance per request). Only for policies that keep no request
+    /// data between calls; see docs/policies.md.
+    #[serde(default)]
+    pub reuse_instances: u32,
 }
 
 fn default_max_hold_bytes() -> usize {
@@ -657,6 +662,12 @@ impl Config {
             }
             if p.timeout_ms == 0 {
                 err(at("timeout_ms"), "must be greater than 0".into());
+            }
+            if p.reuse_instances > 0 && p.kind != PolicyKind::Guardrail {
+                err(
+                    at("reuse_instances"),
+                    "only guardrail instances can be reused".into(),
+                );
             }
             if p.max_hold_bytes == 0 {
                 err(at("max_hold_bytes"), "must be greater than 0".into());

@@ -46,33 +46,61 @@ pub fn entry(name: &str, path: &PathBuf, global: bool, config: &str, extra: &str
 fn content_deltas(s: &client::SseResponse) -> Vec<String> {
     s.chunks()
         .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
         .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pii_redact_rewrites_requests_and_catches_entities_split_across_chunks() {
     let up = MockUpstream::start().await;
-    let extra = entry("pii-redact", &policy("pii-redact"), true, "{ action = \"redact\" }", "");
+    let extra = entry(
+        "pii-redact",
+        &policy("pii-redact"),
+        true,
+        "{ action = \"redact\" }",
+        "",
+    );
     let gw = start(&config(&up, &extra));
     let url = gw.url("/v1/chat/completions");
 
-    let r = post_json(&url, &chat_body("I am john@example.com, card 4111 1111 1111 1111"), None).await;
+    let r = post_json(
+        &url,
+        &chat_body("I am john@example.com, card 4111 1111 1111 1111"),
+        None,
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let sent = up.last().body["messages"][0]["content"].as_str().unwrap().to_string();
+    let sent = up.last().body["messages"][0]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_eq!(sent, "I am [REDACTED_EMAIL], card [REDACTED_CREDIT_CARD]");
 
     // The email arrives as "jo" + "hn@example.com": "jo" must never leak.
-    up.push(Reply::Chat(Chat::text(&["Write to jo", "hn@example.com", " today."])));
+    up.push(Reply::Chat(Chat::text(&[
+        "Write to jo",
+        "hn@example.com",
+        " today.",
+    ])));
     let s = client::stream(&url, &stream_body("hi"), None).await;
     assert!(s.done(), "{:?}", s.events);
     assert_eq!(s.text(), "Write to [REDACTED_EMAIL] today.");
     for delta in content_deltas(&s) {
-        assert!(!delta.contains("jo") && !delta.contains("example"), "leaked {delta:?}");
+        assert!(
+            !delta.contains("jo") && !delta.contains("example"),
+            "leaked {delta:?}"
+        );
     }
 
     // Non-streamed responses go through the same guard.
-    up.push(Reply::Chat(Chat::text(&["Call +1 415 555 0100 or ", "mail jane@corp.io"])));
+    up.push(Reply::Chat(Chat::text(&[
+        "Call +1 415 555 0100 or ",
+        "mail jane@corp.io",
+    ])));
     let r = post_json(&url, &chat_body("hi"), None).await;
     assert_eq!(
         r.json()["choices"][0]["message"]["content"],
@@ -83,22 +111,48 @@ async fn pii_redact_rewrites_requests_and_catches_entities_split_across_chunks()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pii_deny_mode_refuses_with_content_filter() {
     let up = MockUpstream::start().await;
-    let extra = entry("pii-redact", &policy("pii-redact"), true, "{ action = \"deny\" }", "");
+    let extra = entry(
+        "pii-redact",
+        &policy("pii-redact"),
+        true,
+        "{ action = \"deny\" }",
+        "",
+    );
     let gw = start(&config(&up, &extra));
-    let r = post_json(&gw.url("/v1/chat/completions"), &chat_body("my SSN is 123-45-6789"), None).await;
+    let r = post_json(
+        &gw.url("/v1/chat/completions"),
+        &chat_body("my SSN is 123-45-6789"),
+        None,
+    )
+    .await;
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(r.error_code(), "content_filter");
     assert_eq!(r.header("x-weir-policy"), Some("pii-redact"));
     let message = r.json()["error"]["message"].as_str().unwrap().to_string();
-    assert!(message.contains("pii-redact") && message.contains("ssn"), "{message}");
-    assert!(!message.contains("6789"), "the rejection must not echo the value: {message}");
-    assert!(up.received().is_empty(), "a denied request never reaches the upstream");
+    assert!(
+        message.contains("pii-redact") && message.contains("ssn"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("6789"),
+        "the rejection must not echo the value: {message}"
+    );
+    assert!(
+        up.received().is_empty(),
+        "a denied request never reaches the upstream"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prompt_injection_names_the_signals() {
     let up = MockUpstream::start().await;
-    let extra = entry("prompt-injection", &policy("prompt-injection"), true, "{}", "");
+    let extra = entry(
+        "prompt-injection",
+        &policy("prompt-injection"),
+        true,
+        "{}",
+        "",
+    );
     let gw = start(&config(&up, &extra));
     let url = gw.url("/v1/chat/completions");
     let r = post_json(
@@ -138,12 +192,17 @@ async fn blocklist_blocks_mid_stream_without_leaking_and_masks_requests() {
 
     // The term is split across deltas; the stream stops before it.
     let pieces = ["The plan: ", "project fal", "con launches", " tomorrow"];
-    up.push(Reply::Chat(Chat::text(&pieces).delay(Duration::from_millis(20))));
+    up.push(Reply::Chat(
+        Chat::text(&pieces).delay(Duration::from_millis(20)),
+    ));
     let s = client::stream(&url, &stream_body("hi"), None).await;
     assert_eq!(s.status, 200);
     assert!(s.done(), "a block ends with [DONE]: {:?}", s.events);
     let text = s.text();
-    assert!(!text.to_lowercase().contains("fal"), "blocked text leaked: {text:?}");
+    assert!(
+        !text.to_lowercase().contains("fal"),
+        "blocked text leaked: {text:?}"
+    );
     assert!(text.starts_with("The plan"), "{text:?}");
     let last = s.chunks().pop().unwrap();
     assert_eq!(last["choices"][0]["finish_reason"], "content_filter");
@@ -168,14 +227,16 @@ async fn guardrails_compose_in_order_each_seeing_the_previous_rewrite() {
     // Global pii-redact runs first, then the model's blocklist: it sees the
     // placeholder and denies.
     let redact_then_block = config(&up, "")
-        .replace(
-            "price = {",
-            "guardrails = [\"blocklist\"]\nprice = {",
-        )
+        .replace("price = {", "guardrails = [\"blocklist\"]\nprice = {")
         + &entry("pii-redact", &pii, true, "{}", "")
         + &entry("blocklist", &block, false, block_config, "");
     let gw = start(&redact_then_block);
-    let r = post_json(&gw.url("/v1/chat/completions"), &chat_body("reach me at a@b.io"), None).await;
+    let r = post_json(
+        &gw.url("/v1/chat/completions"),
+        &chat_body("reach me at a@b.io"),
+        None,
+    )
+    .await;
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(r.header("x-weir-policy"), Some("blocklist"));
     drop(gw);
@@ -183,16 +244,21 @@ async fn guardrails_compose_in_order_each_seeing_the_previous_rewrite() {
     // Reversed: blocklist (global) sees the raw email and allows; pii-redact
     // (the model's) redacts.
     let block_then_redact = config(&up, "")
-        .replace(
-            "price = {",
-            "guardrails = [\"pii-redact\"]\nprice = {",
-        )
+        .replace("price = {", "guardrails = [\"pii-redact\"]\nprice = {")
         + &entry("blocklist", &block, true, block_config, "")
         + &entry("pii-redact", &pii, false, "{}", "");
     let gw = start(&block_then_redact);
-    let r = post_json(&gw.url("/v1/chat/completions"), &chat_body("reach me at a@b.io"), None).await;
+    let r = post_json(
+        &gw.url("/v1/chat/completions"),
+        &chat_body("reach me at a@b.io"),
+        None,
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(up.last().body["messages"][0]["content"], "reach me at [REDACTED_EMAIL]");
+    assert_eq!(
+        up.last().body["messages"][0]["content"],
+        "reach me at [REDACTED_EMAIL]"
+    );
 
     let metrics = get(&gw.admin_url("/metrics"), None).await.text();
     for needle in [
@@ -234,7 +300,11 @@ async fn broken_policies_fail_closed_within_the_deadline_and_the_gateway_keeps_s
     for (trigger, kind) in MODES {
         let started = Instant::now();
         let r = post_json(&url, &chat_body(trigger), None).await;
-        assert!(started.elapsed() < Duration::from_secs(2), "{trigger} took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{trigger} took {:?}",
+            started.elapsed()
+        );
         assert_eq!(r.status, 503, "{trigger}: {}", r.text());
         assert_eq!(r.error_code(), "policy_error", "{trigger}");
         assert_eq!(r.header("x-weir-policy"), Some("hostile"));
@@ -242,19 +312,27 @@ async fn broken_policies_fail_closed_within_the_deadline_and_the_gateway_keeps_s
         assert_eq!(next.status, 200, "after {trigger}: {}", next.text());
         let metrics = get(&gw.admin_url("/metrics"), None).await.text();
         assert!(
-            metrics.contains(&format!("weir_policy_errors_total{{policy=\"hostile\",kind=\"{kind}\"}} 1")),
+            metrics.contains(&format!(
+                "weir_policy_errors_total{{policy=\"hostile\",kind=\"{kind}\"}} 1"
+            )),
             "{trigger}: no {kind} counted in\n{metrics}"
         );
     }
     assert!(
-        up.received().iter().all(|r| !r.body.to_string().contains("HOSTILE")),
+        up.received()
+            .iter()
+            .all(|r| !r.body.to_string().contains("HOSTILE")),
         "failed-closed requests never reach the upstream"
     );
     gw.wait_for_log("\"policy\":\"hostile\"", Duration::from_secs(1));
 
     // Mid-stream: the response text triggers the guest; the stream ends
     // with a policy_error event and no [DONE].
-    up.push(Reply::Chat(Chat::text(&["fine so far ", "HOSTILE:trap", " never"])));
+    up.push(Reply::Chat(Chat::text(&[
+        "fine so far ",
+        "HOSTILE:trap",
+        " never",
+    ])));
     let s = client::stream(&url, &stream_body("hi"), None).await;
     assert_eq!(s.text(), "fine so far ");
     assert!(!s.done());
@@ -285,7 +363,13 @@ async fn memory_stays_bounded_over_a_thousand_failing_requests() {
     let (_up, gw) = hostile("deny").await;
     let url = gw.url("/v1/chat/completions");
     let http = client::client();
-    let body = |i: usize| chat_body(if i % 2 == 0 { "HOSTILE:trap" } else { "HOSTILE:oom" });
+    let body = |i: usize| {
+        chat_body(if i % 2 == 0 {
+            "HOSTILE:trap"
+        } else {
+            "HOSTILE:oom"
+        })
+    };
     let send = |i: usize| {
         let http = http.clone();
         let url = url.clone();
@@ -316,19 +400,76 @@ async fn memory_stays_bounded_over_a_thousand_failing_requests() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_are_fresh_per_request_unless_reuse_is_opted_into() {
+    let up = MockUpstream::start().await;
+    let hostile = guest("hostile");
+    async fn counts(gw: &Gateway, up: &MockUpstream) -> Vec<String> {
+        let url = gw.url("/v1/chat/completions");
+        let before = up.received().len();
+        for _ in 0..4 {
+            assert_eq!(
+                post_json(&url, &chat_body("HOSTILE:count"), None)
+                    .await
+                    .status,
+                200
+            );
+        }
+        up.received()[before..]
+            .iter()
+            .map(|r| {
+                r.body["messages"][0]["content"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    }
+    // The smoke call at load is an instance of its own, never reused.
+    let fresh = start(&config(&up, &entry("hostile", &hostile, true, "{}", "")));
+    assert_eq!(
+        counts(&fresh, &up).await,
+        ["count=1"; 4],
+        "no state crosses requests"
+    );
+    drop(fresh);
+    let reused = start(&config(
+        &up,
+        &entry("hostile", &hostile, true, "{}", "reuse_instances = 3"),
+    ));
+    assert_eq!(
+        counts(&reused, &up).await,
+        ["count=1", "count=2", "count=3", "count=1"],
+        "one instance serves at most 3 requests"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guest_stdout_goes_to_the_log() {
     let (_up, gw) = hostile("deny").await;
-    let r = post_json(&gw.url("/v1/chat/completions"), &chat_body("HOSTILE:print"), None).await;
+    let r = post_json(
+        &gw.url("/v1/chat/completions"),
+        &chat_body("HOSTILE:print"),
+        None,
+    )
+    .await;
     assert_eq!(r.status, 200);
-    let line = gw.wait_for_log("hostile guardrail says hello on stdout", Duration::from_secs(5));
+    let line = gw.wait_for_log(
+        "hostile guardrail says hello on stdout",
+        Duration::from_secs(5),
+    );
     assert!(line.contains("\"policy\":\"hostile\""), "{line}");
-    gw.wait_for_log("hostile guardrail says hello on stderr", Duration::from_secs(5));
+    gw.wait_for_log(
+        "hostile guardrail says hello on stderr",
+        Duration::from_secs(5),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_instance_pool_answers_503() {
     let up = MockUpstream::start().await;
-    up.set_default(Reply::Chat(Chat::text(&["a", "b", "c"]).delay(Duration::from_millis(300))));
+    up.set_default(Reply::Chat(
+        Chat::text(&["a", "b", "c"]).delay(Duration::from_millis(300)),
+    ));
     let extra = entry("allow-all", &policy("allow-all"), true, "{}", "");
     let cfg = config(&up, &extra).replace(
         "admin_listen = \"127.0.0.1:0\"",
@@ -357,7 +498,11 @@ fn invalid_components_are_rejected_with_the_reason() {
     let cases = [
         ("garbage.wasm", "guardrail", "not a WebAssembly file"),
         ("core.wasm", "guardrail", "core WebAssembly module"),
-        (allow_all.to_str().unwrap(), "router", "does not implement the `weir:policy/router-policy` world"),
+        (
+            allow_all.to_str().unwrap(),
+            "router",
+            "does not implement the `weir:policy/router-policy` world",
+        ),
     ];
     for (path, kind, reason) in cases {
         let cfg = format!(
@@ -366,10 +511,21 @@ fn invalid_components_are_rejected_with_the_reason() {
         std::fs::write(dir.path().join("weir.toml"), cfg).unwrap();
         let (code, out, err) = run(bin(), &["check", "--config", "weir.toml"], dir.path());
         assert_eq!(code, 2, "{path}: {out}{err}");
-        assert!(err.contains("policies[0].path") && err.contains(reason), "{path}: {err}");
+        assert!(
+            err.contains("policies[0].path") && err.contains(reason),
+            "{path}: {err}"
+        );
         let (code, _, _) = run(
             bin(),
-            &["serve", "--config", "weir.toml", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"],
+            &[
+                "serve",
+                "--config",
+                "weir.toml",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ],
             dir.path(),
         );
         assert_eq!(code, 2, "serve refuses {path}");
@@ -380,7 +536,11 @@ fn invalid_components_are_rejected_with_the_reason() {
 fn policy_inspect_and_policy_test() {
     let dir = tempfile::tempdir().unwrap();
     let pii = policy("pii-redact");
-    let (code, out, err) = run(bin(), &["policy", "inspect", pii.to_str().unwrap()], dir.path());
+    let (code, out, err) = run(
+        bin(),
+        &["policy", "inspect", pii.to_str().unwrap()],
+        dir.path(),
+    );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("weir:policy/guardrail-policy"), "{out}");
     assert!(out.contains("weir:policy/host@0.1.0"), "{out}");
@@ -397,18 +557,35 @@ fn policy_inspect_and_policy_test() {
     std::fs::write(dir.path().join("cases.jsonl"), lines.join("\n")).unwrap();
     let (code, out, err) = run(
         bin(),
-        &["policy", "test", pii.to_str().unwrap(), "--cases", "cases.jsonl"],
+        &[
+            "policy",
+            "test",
+            pii.to_str().unwrap(),
+            "--cases",
+            "cases.jsonl",
+        ],
         dir.path(),
     );
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("3 cases, 0 failed"), "{out}");
-    assert!(out.contains("\"jo\" → \"\""), "each decision is printed: {out}");
+    assert!(
+        out.contains("\"jo\" → \"\""),
+        "each decision is printed: {out}"
+    );
 
     let wrong = json!({"name": "wrong", "request": {"messages": [{"role": "user", "content": "hello"}]}, "expect": "deny"});
     std::fs::write(dir.path().join("wrong.jsonl"), wrong.to_string()).unwrap();
     let (code, out, _) = run(
         bin(),
-        &["policy", "test", pii.to_str().unwrap(), "--cases", "wrong.jsonl", "--policy-config", "{\"action\": \"deny\"}"],
+        &[
+            "policy",
+            "test",
+            pii.to_str().unwrap(),
+            "--cases",
+            "wrong.jsonl",
+            "--policy-config",
+            "{\"action\": \"deny\"}",
+        ],
         dir.path(),
     );
     assert_eq!(code, 1, "{out}");
@@ -421,11 +598,20 @@ async fn embedded_default_applies_the_bundled_guardrails() {
     // target/policies, which the embedded default finds on its own.
     policy("pii-redact");
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::embedded(bin()).dir(dir.path()).listen_overrides().start();
+    let gw = Gateway::embedded(bin())
+        .dir(dir.path())
+        .listen_overrides()
+        .start();
     let mut body = chat_body("my email is john@example.com");
     body["model"] = json!("mock");
     let r = post_json(&gw.url("/v1/chat/completions"), &body, None).await;
-    let text = r.json()["choices"][0]["message"]["content"].as_str().unwrap().to_string();
-    assert!(text.contains("[REDACTED_EMAIL]") && !text.contains("john@"), "{text}");
+    let text = r.json()["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        text.contains("[REDACTED_EMAIL]") && !text.contains("john@"),
+        "{text}"
+    );
     gw.wait_for_log("bundled guardrails", Duration::from_secs(1));
 }

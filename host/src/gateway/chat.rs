@@ -226,7 +226,10 @@ async fn answer_whole(
 ) -> Result<Response<Body>, GatewayError> {
     let blocked_by = match chain {
         Some(mut chain) => match guard_completion(&mut chain, &mut completion).await {
-            Ok(blocked) => blocked,
+            Ok(blocked) => {
+                chain.finish().await;
+                blocked
+            }
             Err(error) => {
                 let usage = completion.usage.clone().unwrap_or_default();
                 account(gw, model, &usage, reservation, log);

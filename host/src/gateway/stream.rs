@@ -308,6 +308,9 @@ impl ClientStream {
             self.reservation.take(),
             &mut self.log,
         );
+        if let (End::Done, Some(chain)) = (&end, self.chain.take()) {
+            tokio::spawn(chain.finish());
+        }
         match end {
             End::Done => self.log.finish(200, None),
             End::Fault(fault) => {

@@ -64,8 +64,23 @@ struct Live {
     store: Store<PolicyState>,
     bindings: GuardrailPolicy,
     response: Option<ResourceAny>,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
+    /// Requests this instance served before this one.
+    uses: u32,
 }
+
+/// An instance kept between requests (`reuse_instances`); it keeps its
+/// slot in the instance budget while idle.
+pub(super) struct Idle {
+    store: Store<PolicyState>,
+    bindings: GuardrailPolicy,
+    permit: OwnedSemaphorePermit,
+    uses: u32,
+}
+
+/// Idle instances kept per policy: enough for the concurrency of a small
+/// machine; more would only hold memory.
+const MAX_IDLE: usize = 16;
 
 struct Guard {
     policy: Arc<Policy>,
@@ -299,6 +314,22 @@ impl GuardChain {
             let Pre::Guardrail(pre) = &policy.pre else {
                 continue;
             };
+            let reused = (policy.limits.reuse > 0)
+                .then(|| policy.idle.lock().pop())
+                .flatten();
+            if let Some(idle) = reused {
+                let mut store = idle.store;
+                store.data_mut().request_id = request_id.clone();
+                guard.live = Some(Live {
+                    store,
+                    bindings: idle.bindings,
+                    response: None,
+                    permit: idle.permit,
+                    uses: idle.uses,
+                });
+                guards.push(guard);
+                continue;
+            }
             let Some(permit) = runtime.engine.try_permit() else {
                 // Never fail open here: a flood must not switch guardrails off.
                 metrics::counter!("weir_policy_errors_total", "policy" => policy.name.clone(), "kind" => "pool_full")
@@ -324,7 +355,8 @@ impl GuardChain {
                         store,
                         bindings,
                         response: None,
-                        _permit: permit,
+                        permit,
+                        uses: 0,
                     });
                 }
                 Err(e) => {
@@ -368,7 +400,9 @@ impl GuardChain {
                     if size > MAX_OUTPUT_BYTES {
                         guard.fail(
                             "output_limit",
-                            format!("rewrote the request to {size} bytes (limit {MAX_OUTPUT_BYTES})"),
+                            format!(
+                                "rewrote the request to {size} bytes (limit {MAX_OUTPUT_BYTES})"
+                            ),
                             &self.info.request_id,
                         )?;
                         continue;
@@ -588,6 +622,34 @@ impl GuardChain {
             text = out;
         }
         Ok(text)
+    }
+
+    /// The response ended cleanly: instances of policies that opted into
+    /// reuse go back to their policy's idle list (their response guard
+    /// dropped first); the rest are freed.
+    pub async fn finish(self) {
+        for guard in self.guards {
+            let Some(mut live) = guard.live else { continue };
+            let policy = &guard.policy;
+            if policy.limits.reuse == 0 || live.uses + 1 >= policy.limits.reuse {
+                continue;
+            }
+            if let Some(resource) = live.response.take() {
+                live.store.set_epoch_deadline(policy.limits.ticks);
+                if resource.resource_drop_async(&mut live.store).await.is_err() {
+                    continue;
+                }
+            }
+            let mut idle = policy.idle.lock();
+            if idle.len() < MAX_IDLE {
+                idle.push(Idle {
+                    store: live.store,
+                    bindings: live.bindings,
+                    permit: live.permit,
+                    uses: live.uses + 1,
+                });
+            }
+        }
     }
 
     /// Is any guard holding text for some choice?

@@ -84,6 +84,8 @@ pub struct Limits {
     pub ticks: u64,
     pub timeout_ms: u64,
     pub max_hold_bytes: usize,
+    /// Requests one instance may serve (0: a fresh instance per request).
+    pub reuse: u32,
 }
 
 enum Pre {
@@ -136,6 +138,8 @@ pub struct Policy {
     meta: Arc<PolicyMeta>,
     pre: Pre,
     metrics: PolicyMetrics,
+    /// Idle instances kept for reuse (only with `reuse_instances`).
+    idle: parking_lot::Mutex<Vec<guardrail::Idle>>,
 }
 
 impl std::fmt::Debug for Policy {
@@ -240,6 +244,7 @@ impl PolicyRuntime {
                 ticks: PolicyEngine::ticks(config.timeout_ms),
                 timeout_ms: config.timeout_ms,
                 max_hold_bytes: config.max_hold_bytes,
+                reuse: config.reuse_instances,
             },
             compiled,
             load_time: Duration::ZERO,
@@ -251,6 +256,7 @@ impl PolicyRuntime {
             }),
             pre,
             metrics: PolicyMetrics::new(&config.name),
+            idle: parking_lot::Mutex::new(Vec::new()),
         };
         let mut policy = policy;
         self.smoke(&policy).await.map_err(LoadError::Smoke)?;

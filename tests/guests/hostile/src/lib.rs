@@ -9,6 +9,8 @@
 //! - `HOSTILE:huge`  — answer with 8 MiB of text
 //! - `HOSTILE:error` — return a policy error
 //! - `HOSTILE:print` — write to stdout and stderr, then allow
+//! - `HOSTILE:count` — rewrite the prompt to `count=N`, N this instance's
+//!   `on-request` calls so far (shows whether instances are reused)
 
 wit_bindgen::generate!({
     path: "../../../wit",
@@ -21,6 +23,8 @@ use exports::weir::policy::guardrail::{
 use weir::policy::types::{ChatRequest, Message, RequestInfo};
 
 struct Hostile;
+
+static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 enum Act {
     Fine,
@@ -67,6 +71,13 @@ impl Guest for Hostile {
 
     fn on_request(_info: RequestInfo, req: ChatRequest) -> Result<RequestVerdict, String> {
         let text: String = req.messages.iter().map(|m| m.content.as_str()).collect();
+        let calls = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if text.contains("HOSTILE:count") {
+            return Ok(RequestVerdict::Rewrite(vec![Message {
+                content: format!("count={calls}"),
+                ..req.messages[0].clone()
+            }]));
+        }
         match act(&text) {
             Act::Fine => Ok(RequestVerdict::Allow),
             Act::Error => Err("the hostile guardrail refuses to work".into()),
