@@ -39,6 +39,9 @@ pub struct Keywords {
     first_other: Vec<char>,
     /// The longest term, in characters.
     longest: usize,
+    /// Some term doesn't start with a word character, so may start
+    /// mid-word; if none does, only word starts are tried.
+    starts_mid_word: bool,
 }
 
 /// Where a term matched: a byte range of the text, and which term (its
@@ -65,7 +68,11 @@ fn fold(c: char) -> char {
 }
 
 fn is_word(c: char) -> bool {
-    c.is_alphanumeric() || c == '_'
+    if c.is_ascii() {
+        c.is_ascii_alphanumeric() || c == '_'
+    } else {
+        c.is_alphanumeric()
+    }
 }
 
 impl Keywords {
@@ -96,6 +103,7 @@ impl Keywords {
                 keywords.first_other.push(first);
             }
             keywords.longest = keywords.longest.max(pieces.len());
+            keywords.starts_mid_word |= !is_word(first);
             keywords.terms.push(Term {
                 pieces,
                 word_start: is_word(first),
@@ -124,50 +132,63 @@ impl Keywords {
     /// `after_word`: the text follows a word character, so its start is not
     /// a word boundary.
     pub fn find(&self, text: &str, final_text: bool, after_word: bool) -> Vec<Hit> {
-        if self.terms.is_empty() {
-            return Vec::new();
-        }
-        let chars: Vec<(usize, char)> = text.char_indices().map(|(i, c)| (i, fold(c))).collect();
         let mut hits = Vec::new();
+        if self.terms.is_empty() {
+            return hits;
+        }
+        // A byte loop: ASCII (nearly every byte of a prompt) needs no UTF-8
+        // decoding, and only a word start whose first letter begins some
+        // term (or any position, for terms like "@admin") is tried.
+        let b = text.as_bytes();
+        let mut prev_word = after_word;
         let mut at = 0;
-        while at < chars.len() {
-            let (start, c) = chars[at];
-            let boundary = if at == 0 {
-                !after_word
+        while at < b.len() {
+            let (c, len) = if b[at] < 0x80 {
+                (char::from(b[at].to_ascii_lowercase()), 1)
             } else {
-                !is_word(chars[at - 1].1)
+                let c = text[at..].chars().next().unwrap_or_default();
+                (fold(c), c.len_utf8())
             };
-            let best = if self.may_start(c) {
-                self.terms
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, term)| boundary || !term.word_start)
-                    .filter_map(|(index, term)| {
-                        let end = match_term(&chars, at, term)?;
-                        let end_byte = chars.get(end).map_or(text.len(), |(i, _)| *i);
-                        let word_ok = match chars.get(end) {
-                            Some((_, next)) => !term.word_end || !is_word(*next),
-                            None => final_text || !term.word_end,
-                        };
-                        word_ok.then_some((end, end_byte, index))
-                    })
-                    .max_by_key(|(end, _, index)| (*end, usize::MAX - index))
-            } else {
-                None
-            };
-            match best {
-                Some((end, end_byte, term)) => {
-                    hits.push(Hit {
-                        start,
-                        end: end_byte,
-                        term,
-                    });
-                    at = end;
-                }
-                None => at += 1,
+            if (!prev_word || self.starts_mid_word)
+                && self.may_start(c)
+                && let Some((end, term)) = self.longest_at(text, at, prev_word, final_text)
+            {
+                hits.push(Hit {
+                    start: at,
+                    end,
+                    term,
+                });
+                prev_word = text[..end].chars().next_back().is_some_and(is_word);
+                at = end;
+                continue;
             }
+            prev_word = is_word(c);
+            at += len;
         }
         hits
+    }
+
+    /// The longest term matching at `start` (ties: the first listed).
+    fn longest_at(
+        &self,
+        text: &str,
+        start: usize,
+        prev_word: bool,
+        final_text: bool,
+    ) -> Option<(usize, usize)> {
+        self.terms
+            .iter()
+            .enumerate()
+            .filter(|(_, term)| !prev_word || !term.word_start)
+            .filter_map(|(index, term)| {
+                let end = start + match_term(&text[start..], term)?;
+                let word_ok = match text[end..].chars().next() {
+                    Some(next) => !term.word_end || !is_word(next),
+                    None => final_text || !term.word_end,
+                };
+                word_ok.then_some((end, index))
+            })
+            .max_by_key(|(end, index)| (*end, usize::MAX - index))
     }
 
     /// Where the earliest term that may still be forming at the end of
@@ -178,86 +199,85 @@ impl Keywords {
         if self.terms.is_empty() {
             return text.len();
         }
-        let chars: Vec<(usize, char)> = text.char_indices().map(|(i, c)| (i, fold(c))).collect();
         // A term's pieces match at least one character each; a space run may
         // be longer, so look back a little further than the longest term.
-        let from = chars.len().saturating_sub(self.longest * 4 + 8);
-        for at in from..chars.len() {
-            let boundary = if at == 0 {
-                !after_word
-            } else {
-                !is_word(chars[at - 1].1)
-            };
-            if !self.may_start(chars[at].1) {
-                continue;
+        let from = text
+            .char_indices()
+            .rev()
+            .nth(self.longest * 4 + 8)
+            .map_or(0, |(i, _)| i);
+        let mut prev_word = match text[..from].chars().next_back() {
+            Some(c) => is_word(c),
+            None => after_word,
+        };
+        for (offset, c) in text[from..].char_indices() {
+            let at = from + offset;
+            let c = fold(c);
+            if (!prev_word || self.starts_mid_word)
+                && self.may_start(c)
+                && self
+                    .terms
+                    .iter()
+                    .filter(|term| !prev_word || !term.word_start)
+                    .any(|term| prefix_until_end(&text[at..], term))
+            {
+                return at;
             }
-            let pending = self
-                .terms
-                .iter()
-                .filter(|term| boundary || !term.word_start)
-                .any(|term| prefix_until_end(&chars, at, term));
-            if pending {
-                return chars[at].0;
-            }
+            prev_word = is_word(c);
         }
         text.len()
     }
 }
 
-/// If `term` matches `chars` from `at`, the index one past the match.
-fn match_term(chars: &[(usize, char)], at: usize, term: &Term) -> Option<usize> {
-    let mut i = at;
+/// If `term` matches at the start of `text`, the length of the match.
+fn match_term(text: &str, term: &Term) -> Option<usize> {
+    let mut chars = text.char_indices().peekable();
     for piece in &term.pieces {
+        let (_, c) = chars.next()?;
         match piece {
-            Piece::Char(c) => {
-                if chars.get(i)?.1 != *c {
+            Piece::Char(want) => {
+                if fold(c) != *want {
                     return None;
                 }
-                i += 1;
             }
             Piece::Space => {
-                if !chars.get(i)?.1.is_whitespace() {
+                if !c.is_whitespace() {
                     return None;
                 }
-                while chars.get(i).is_some_and(|(_, c)| c.is_whitespace()) {
-                    i += 1;
-                }
+                while chars.next_if(|(_, c)| c.is_whitespace()).is_some() {}
             }
         }
     }
-    Some(i)
+    Some(chars.peek().map_or(text.len(), |(i, _)| *i))
 }
 
-/// Whether `chars[at..]`, all of it, may be the start of a match of `term`:
-/// a proper prefix, or the whole term when it must end a word (the next
-/// character decides), or text ending in a space run the term continues.
-fn prefix_until_end(chars: &[(usize, char)], at: usize, term: &Term) -> bool {
-    let mut i = at;
+/// Whether all of `text` may be the start of a match of `term`: a proper
+/// prefix, or the whole term when it must end a word (the next character
+/// decides), or text ending in a space run the term continues.
+fn prefix_until_end(text: &str, term: &Term) -> bool {
+    let mut chars = text.chars().peekable();
     for (n, piece) in term.pieces.iter().enumerate() {
-        if i == chars.len() {
+        let Some(c) = chars.next() else {
             return true;
-        }
+        };
         match piece {
-            Piece::Char(c) => {
-                if chars[i].1 != *c {
+            Piece::Char(want) => {
+                if fold(c) != *want {
                     return false;
                 }
-                i += 1;
             }
             Piece::Space => {
-                if !chars[i].1.is_whitespace() {
+                if !c.is_whitespace() {
                     return false;
                 }
-                while i < chars.len() && chars[i].1.is_whitespace() {
-                    i += 1;
-                }
-                if i == chars.len() && n + 1 < term.pieces.len() {
+                while chars.next_if(|c| c.is_whitespace()).is_some() {}
+                if chars.peek().is_none() && n + 1 < term.pieces.len() {
                     return true;
                 }
             }
         }
     }
-    i == chars.len() && term.word_end
+    chars.peek().is_none() && term.word_end
 }
 
 #[cfg(test)]
