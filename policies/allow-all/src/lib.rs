@@ -16,7 +16,8 @@
 //! Read the config with `weir_policy::config::<YourConfig>()`, log with
 //! `weir_policy::log`, keep counters in `weir_policy::kv`. Test natively with
 //! `weir_policy::testing` (`cargo test -p <your-name>`), then build the
-//! component with `policies/build.sh`.
+//! component with `policies/build.sh`. Keep `build.rs`: it links the
+//! component with room to allocate, so no request pays for `memory.grow`.
 
 use weir_policy::Guardrail;
 

@@ -1,4 +1,4 @@
-//! Write [weir](https://github.com/) gateway policies in Rust.
+//! Write policies for the weir AI gateway in Rust.
 //!
 //! A policy is a WebAssembly component exporting one world of the WIT package
 //! `weir:policy@0.1.0` (`wit/policy.wit`): a **guardrail** that allows,
@@ -101,7 +101,31 @@
 //!
 //! Build it with `cargo build --release --target wasm32-wasip2`: for that
 //! target a `cdylib` already is a component, ready for the gateway's
-//! `[[policies]] path`.
+//! `[[policies]] path`. In this repository `policies/build.sh` builds every
+//! policy into `target/policies/<folder>.wasm`.
+//!
+//! # Starting fast
+//!
+//! The gateway instantiates a policy for every request, so what a policy
+//! does before its first useful instruction is paid per request:
+//!
+//! - Compile nothing you can avoid (a regex set costs tens of microseconds
+//!   to build); scan with hand-written code where you can.
+//! - Parse the config once per instance, not once per hook: keep it in a
+//!   `thread_local!` `OnceCell` (the example policies do).
+//! - Give the component room to allocate without `memory.grow`, which costs
+//!   about as much as the rest of a small call. Rust's defaults (1 MiB of
+//!   stack, initial memory just covering stack and data) leave a few KiB of
+//!   heap; a `build.rs` that links with more initial memory fixes that
+//!   (untouched pages cost nothing):
+//!
+//! ```no_run
+//! // The body of build.rs's `fn main()`:
+//! if std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() == Ok("wasm32") {
+//!     println!("cargo::rustc-link-arg=-zstack-size=262144");
+//!     println!("cargo::rustc-link-arg=--initial-memory=2097152");
+//! }
+//! ```
 //!
 //! # Testing natively
 //!
