@@ -10,6 +10,8 @@
 //! Needs the built components: `./dev.sh policies`, then
 //! `cargo bench -p weir --bench policy`.
 
+#![allow(clippy::expect_used)]
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -36,7 +36,13 @@ pub fn guest(name: &str) -> PathBuf {
 }
 
 /// A `[[policies]]` entry.
-pub fn entry(name: &str, path: &PathBuf, global: bool, config: &str, extra: &str) -> String {
+pub fn entry(
+    name: &str,
+    path: &std::path::Path,
+    global: bool,
+    config: &str,
+    extra: &str,
+) -> String {
     format!(
         "\n[[policies]]\nname = \"{name}\"\nkind = \"guardrail\"\npath = \"{}\"\nglobal = {global}\nconfig = {config}\n{extra}\n",
         path.display()
@@ -364,7 +370,7 @@ async fn memory_stays_bounded_over_a_thousand_failing_requests() {
     let url = gw.url("/v1/chat/completions");
     let http = client::client();
     let body = |i: usize| {
-        chat_body(if i % 2 == 0 {
+        chat_body(if i.is_multiple_of(2) {
             "HOSTILE:trap"
         } else {
             "HOSTILE:oom"

@@ -61,7 +61,11 @@ fn request(base: &str, body: &Bytes) -> Request<Full<Bytes>> {
 async fn one(client: &HttpClient, base: &str, body: &Bytes) -> (Duration, Duration) {
     let start = Instant::now();
     let response = client.request(request(base, body)).await.unwrap();
-    assert!(response.status().is_success(), "{base}: {}", response.status());
+    assert!(
+        response.status().is_success(),
+        "{base}: {}",
+        response.status()
+    );
     let mut body = response.into_body();
     let mut first = None;
     while let Some(frame) = body.frame().await {
@@ -89,7 +93,6 @@ struct Sequential {
     total_p50: Duration,
     total_p99: Duration,
 }
-
 
 async fn sequential(base: &str, stream: bool, n: usize) -> Sequential {
     let client = client();
@@ -180,15 +183,27 @@ async fn main() {
         let plain_load = concurrent(t, false, conc_n, concurrency).await;
         let stream_load = concurrent(t, true, conc_n / 4, concurrency).await;
         let rss: u64 = t.pids.iter().map(|p| rss_kib(*p)).sum();
-        rows.push((t.name.clone(), plain, streamed, plain_load, stream_load, rss));
+        rows.push((
+            t.name.clone(),
+            plain,
+            streamed,
+            plain_load,
+            stream_load,
+            rss,
+        ));
     }
-    let direct = rows.iter().find(|r| r.0 == "direct").map(|r| (r.1.total_p50, r.2.ttfb_p50));
+    let direct = rows
+        .iter()
+        .find(|r| r.0 == "direct")
+        .map(|r| (r.1.total_p50, r.2.ttfb_p50));
     println!(
         "| target | p50 ms | p99 ms | added p50 ms | stream TTFB p50 ms | p99 ms | added TTFB ms | req/s | stream req/s | CPU µs/req | CPU µs/stream | RSS MB |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (name, plain, streamed, pl, sl, rss) in &rows {
-        let added = |a: Duration, b: Duration| format!("{:+.3}", (a.as_secs_f64() - b.as_secs_f64()) * 1000.0);
+        let added = |a: Duration, b: Duration| {
+            format!("{:+.3}", (a.as_secs_f64() - b.as_secs_f64()) * 1000.0)
+        };
         let (added_p50, added_ttfb) = match direct {
             Some((p, f)) => (added(plain.total_p50, p), added(streamed.ttfb_p50, f)),
             None => ("-".into(), "-".into()),
@@ -204,7 +219,11 @@ async fn main() {
             sl.rps,
             cpu(pl.cpu_us_per_req),
             cpu(sl.cpu_us_per_req),
-            if *rss > 0 { format!("{:.1}", *rss as f64 / 1024.0) } else { "-".into() },
+            if *rss > 0 {
+                format!("{:.1}", *rss as f64 / 1024.0)
+            } else {
+                "-".into()
+            },
         );
     }
 }

@@ -4,6 +4,8 @@
 //! CHUNKS content chunks (default 20) of 8 bytes, streamed when asked, with
 //! no delay, and never records requests.
 
+#![allow(clippy::expect_used)]
+
 use weir_testkit::upstream::{Chat, MockUpstream, Reply};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]

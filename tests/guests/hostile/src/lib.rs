@@ -17,9 +17,7 @@ wit_bindgen::generate!({
     world: "guardrail-policy",
 });
 
-use exports::weir::policy::guardrail::{
-    ChunkVerdict, Guest, GuestResponseGuard, RequestVerdict,
-};
+use exports::weir::policy::guardrail::{ChunkVerdict, Guest, GuestResponseGuard, RequestVerdict};
 use weir::policy::types::{ChatRequest, Message, RequestInfo};
 
 struct Hostile;
