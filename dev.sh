@@ -10,11 +10,12 @@ cd "$(dirname "$0")"
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
-# The package name of each crate folder given.
+# The [package] name in a Cargo.toml.
 packages() {
-    for manifest in "$@"; do
-        sed -n 's/^name = "\(.*\)"/\1/p' "$manifest" | head -n 1
-    done
+    awk '
+        /^\[/ { in_package = ($0 == "[package]") }
+        in_package && /^name *= *"/ { sub(/^name *= *"/, ""); sub(/".*/, ""); print; exit }
+    ' "$1"
 }
 
 # Build every policy (and, for tests, the test guests) for wasm32-wasip2 in
@@ -46,7 +47,7 @@ build_wasm() {
             *) dest=target/policies ;;
         esac
         mkdir -p "$dest"
-        cp "target/wasm32-wasip2/release/${package//-/_}.wasm" "$dest/$name.wasm"
+        cp "${CARGO_TARGET_DIR:-target}/wasm32-wasip2/release/${package//-/_}.wasm" "$dest/$name.wasm"
     done
     ls -l target/policies/*.wasm | awk '{printf "    %-40s %8d bytes\n", $9, $5}' >&2
 }
