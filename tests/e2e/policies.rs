@@ -86,6 +86,23 @@ async fn pii_redact_rewrites_requests_and_catches_entities_split_across_chunks()
         .to_string();
     assert_eq!(sent, "I am [REDACTED_EMAIL], card [REDACTED_CREDIT_CARD]");
 
+    // Tool-call arguments in the conversation are redacted too.
+    let body = json!({"model": "chat", "messages": [
+        {"role": "user", "content": "email my boss"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "send_mail", "arguments": "{\"to\":\"boss@corp.io\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sent to boss@corp.io"},
+    ]});
+    assert_eq!(post_json(&url, &body, None).await.status, 200);
+    let sent = up.last().body["messages"].clone();
+    assert_eq!(
+        sent[1]["tool_calls"][0]["function"]["arguments"],
+        "{\"to\":\"[REDACTED_EMAIL]\"}"
+    );
+    assert_eq!(sent[1]["tool_calls"][0]["id"], "call_1");
+    assert_eq!(sent[1]["content"], Value::Null);
+    assert_eq!(sent[2]["content"], "sent to [REDACTED_EMAIL]");
+    assert_eq!(sent[2]["tool_call_id"], "call_1");
+
     // The email arrives as "jo" + "hn@example.com": "jo" must never leak.
     up.push(Reply::Chat(Chat::text(&[
         "Write to jo",

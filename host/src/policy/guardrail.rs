@@ -280,6 +280,28 @@ fn apply_rewrite(chat: &mut ChatRequest, messages: &[wit::Message]) {
             _ => Value::String(m.content.clone()),
         };
         obj.insert("content".into(), content);
+        if let Some(Value::Array(calls)) = obj.get_mut("tool_calls")
+            && !m.tool_calls.is_empty()
+        {
+            // Tool-call arguments are rewritten in place (matched by id, else
+            // position). A rewrite with no tool calls leaves them alone.
+            let mut kept = Vec::with_capacity(m.tool_calls.len());
+            for (j, new_call) in m.tool_calls.iter().enumerate() {
+                let found = calls
+                    .iter()
+                    .position(|c| c.get("id").and_then(Value::as_str) == Some(new_call.id.as_str()))
+                    .or((j < calls.len()).then_some(j));
+                let mut call = found.map_or_else(
+                    || serde_json::json!({"type": "function"}),
+                    |k| calls[k].clone(),
+                );
+                call["id"] = Value::String(new_call.id.clone());
+                call["function"]["name"] = Value::String(new_call.name.clone());
+                call["function"]["arguments"] = Value::String(new_call.arguments.clone());
+                kept.push(call);
+            }
+            *calls = kept;
+        }
         if let Some(id) = &m.tool_call_id {
             obj.insert("tool_call_id".into(), Value::String(id.clone()));
         }
