@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Load benchmark: the same local mock upstream reached directly, through
-# nginx (a plain reverse proxy, the native-proxy reference) and through weir,
-# in one run. Prints a markdown table (see bench/README.md).
+# nginx (a plain reverse proxy, the native-proxy reference), through weir,
+# and through weir with the three example guardrails on every request and
+# chunk, in one run. Prints a markdown table (see bench/README.md).
 #
-#   bench/run.sh                      # core path
-#   BENCH_CONFIG=bench/weir-policies.toml bench/run.sh   # with guardrails
+#   bench/run.sh
 #
 # Knobs: BENCH_SEQUENTIAL (3000), BENCH_CONCURRENT (20000), BENCH_CONCURRENCY (16).
 set -euo pipefail
@@ -22,6 +22,7 @@ if ! command -v nginx >/dev/null; then
 fi
 
 cargo build --release --locked -p weir -p weir-testkit --bins >&2
+./dev.sh policies >&2
 
 # Pin the proxies to CPU 1 and the mock + load generator to CPU 0 so the
 # processes under test do not fight the load for a core (2-core machine).
@@ -32,11 +33,14 @@ command -v taskset >/dev/null || { pin_proxy=; pin_load=; }
 $pin_load ./target/release/weir-mock-upstream 127.0.0.1:18000 20 2>"$work/mock.log" &
 pids+=($!)
 
-config=${BENCH_CONFIG:-bench/weir.toml}
-sed "s#@ROOT@#$root#g" "$config" > "$work/weir.toml"
+sed "s#@ROOT@#$root#g" bench/weir.toml > "$work/weir.toml"
 RUST_LOG=warn $pin_proxy ./target/release/weir serve --config "$work/weir.toml" 2>"$work/weir.log" &
 weir_pid=$!
 pids+=($weir_pid)
+sed "s#@ROOT@#$root#g" bench/weir-policies.toml > "$work/weir-policies.toml"
+RUST_LOG=warn $pin_proxy ./target/release/weir serve --config "$work/weir-policies.toml" 2>"$work/weir-policies.log" &
+guarded_pid=$!
+pids+=($guarded_pid)
 
 mkdir -p "$work/nginx/logs"
 cat > "$work/nginx/nginx.conf" <<NGINX
@@ -64,7 +68,7 @@ $pin_proxy nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' &
 nginx_pid=$!
 pids+=($nginx_pid)
 
-for port in 18000 18001 18002; do
+for port in 18000 18001 18002 18004; do
     for _ in $(seq 100); do
         (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break
         sleep 0.1
@@ -75,4 +79,5 @@ nginx_workers=$(pgrep -P "$nginx_pid" | paste -sd, -)
 $pin_load ./target/release/weir-load \
     "direct=http://127.0.0.1:18000/v1" \
     "nginx=http://127.0.0.1:18002/v1@$nginx_pid,$nginx_workers" \
-    "weir=http://127.0.0.1:18001/v1@$weir_pid"
+    "weir=http://127.0.0.1:18001/v1@$weir_pid" \
+    "weir+3 guardrails=http://127.0.0.1:18004/v1@$guarded_pid"

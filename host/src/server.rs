@@ -51,6 +51,16 @@ pub async fn run(gw: Arc<Gateway>) -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
 
+    let upkeep = {
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                gw.metrics_upkeep();
+            }
+        })
+    };
     gw.set_ready(true);
     info!(listen = %listen, admin = %admin_listen, "listening");
 
@@ -72,6 +82,7 @@ pub async fn run(gw: Arc<Gateway>) -> anyhow::Result<()> {
 
     drop(client);
     drop(admin);
+    upkeep.abort();
     gw.set_ready(false);
     let grace = Duration::from_millis(server.shutdown_grace_ms);
     info!(

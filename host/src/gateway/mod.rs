@@ -315,6 +315,15 @@ impl Gateway {
         }
     }
 
+    /// Fold recorded histogram samples into their buckets. The exporter
+    /// buffers every sample until this runs, so it must run regularly even
+    /// when nobody scrapes `/metrics`, or memory grows with traffic.
+    pub fn metrics_upkeep(&self) {
+        if let Some(h) = &self.metrics {
+            h.run_upkeep();
+        }
+    }
+
     /// The Prometheus text for `/metrics`.
     pub fn render_metrics(&self) -> String {
         self.metrics
