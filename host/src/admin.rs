@@ -1,16 +1,20 @@
-//! The admin API (SPEC §5), on its own listener.
+//! The admin API (SPEC §5), on its own listener (loopback by default).
 //!
 //! Every route but `/healthz` and `/readyz` requires the admin token when
 //! `admin_token_env` is set.
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use serde_json::json;
 
 use crate::error::GatewayError;
-use crate::gateway::{Body, Gateway, error_response, full};
+use crate::gateway::reload::{MAX_UPLOAD_BYTES, PutError};
+use crate::gateway::{Body, Gateway, error_response, full, json_response};
 
 /// Serve one admin-listener request.
 pub async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Body> {
@@ -20,8 +24,9 @@ pub async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Body>
     if !gw.admin_authorized(req.headers()) {
         return error_response(&GatewayError::AdminUnauthorized);
     }
-    match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => {
+    let path = req.uri().path().to_string();
+    match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/metrics") => {
             let mut response = Response::new(full(gw.render_metrics()));
             response.headers_mut().insert(
                 CONTENT_TYPE,
@@ -29,16 +34,87 @@ pub async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Body>
             );
             response
         }
-        (_, "/metrics") => {
-            error_response(&GatewayError::MethodNotAllowed(req.method().to_string()))
+        (Method::GET, "/admin/policies") => {
+            json_response(StatusCode::OK, gw.policy_listing().to_string())
         }
-        (method, path) => {
-            let mut response = error_response(&GatewayError::NotFound {
-                method: method.to_string(),
-                path: path.to_string(),
-            });
-            *response.status_mut() = StatusCode::NOT_FOUND;
-            response
+        (Method::POST, "/admin/policies/reload") => match gw.reload_all_policies().await {
+            Ok(changed) => json_response(
+                StatusCode::OK,
+                json!({"reloaded": changed, "policies": gw.policy_listing()}).to_string(),
+            ),
+            Err(failures) => {
+                let list: Vec<_> = failures
+                    .iter()
+                    .map(|f| json!({"name": f.name, "source": f.path.display().to_string(), "reason": f.error.to_string()}))
+                    .collect();
+                rejected(
+                    &format!(
+                        "{} policies failed to load; nothing was swapped",
+                        failures.len()
+                    ),
+                    json!(list),
+                )
+            }
+        },
+        (Method::PUT, p) if p.starts_with("/admin/policies/") => {
+            let name = p.trim_start_matches("/admin/policies/").to_string();
+            let bytes = match read_upload(req).await {
+                Ok(b) => b,
+                Err(e) => return error_response(&e),
+            };
+            match gw.put_policy(&name, bytes.to_vec()).await {
+                Ok(generation) => json_response(
+                    StatusCode::OK,
+                    json!({"swapped": generation.is_some(), "policies": gw.policy_listing()}).to_string(),
+                ),
+                Err(PutError::Unknown) => error_response(&GatewayError::NotFound {
+                    method: "PUT".into(),
+                    path: format!("/admin/policies/{name} (no policy named `{name}` is configured)"),
+                }),
+                Err(PutError::Invalid(e)) => rejected(
+                    &format!("policy `{name}` rejected: {e}"),
+                    json!([{"name": name, "reason": e.to_string()}]),
+                ),
+                Err(PutError::Write(e)) => json_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    json!({"error": {"message": format!("the component is valid but could not be written: {e}"), "type": "server_error", "param": null, "code": "write_failed"}}).to_string(),
+                ),
+            }
         }
+        (method, "/metrics" | "/admin/policies" | "/admin/policies/reload") => {
+            error_response(&GatewayError::MethodNotAllowed(method.to_string()))
+        }
+        (method, path) => error_response(&GatewayError::NotFound {
+            method: method.to_string(),
+            path: path.to_string(),
+        }),
+    }
+}
+
+/// 422 with every failure listed.
+fn rejected(message: &str, failures: serde_json::Value) -> Response<Body> {
+    json_response(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        json!({
+            "error": {"message": message, "type": "invalid_request_error", "param": null, "code": "policy_rejected"},
+            "failures": failures,
+        })
+        .to_string(),
+    )
+}
+
+async fn read_upload(req: Request<Incoming>) -> Result<Bytes, GatewayError> {
+    match Limited::new(req.into_body(), MAX_UPLOAD_BYTES)
+        .collect()
+        .await
+    {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(GatewayError::BodyTooLarge {
+            limit: MAX_UPLOAD_BYTES,
+        }),
+        Err(e) => Err(GatewayError::InvalidRequest {
+            message: format!("could not read the upload: {e}"),
+            param: None,
+        }),
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use tracing::{error, info};
 
-use crate::config::{Config, ConfigErrors};
+use crate::config::{Config, ConfigError, ConfigErrors};
 use crate::gateway::Gateway;
 use crate::gateway::policies::{self, PolicySet};
 use crate::policy::{EngineOptions, MemoryKv, PolicyRuntime};
@@ -135,12 +135,19 @@ async fn load_policies(
     config: &Config,
     file: &str,
 ) -> Result<PolicySet, ConfigErrors> {
-    policies::load_all(runtime, config)
-        .await
-        .map_err(|errors| ConfigErrors {
+    match policies::load_all(runtime, config, None).await {
+        Ok((set, _)) => Ok(set),
+        Err(failures) => Err(ConfigErrors {
             file: file.to_string(),
-            errors,
-        })
+            errors: failures
+                .into_iter()
+                .map(|f| ConfigError {
+                    key: format!("policies[{}].path", f.index),
+                    reason: format!("{}: {}", f.path.display(), f.error),
+                })
+                .collect(),
+        }),
+    }
 }
 
 fn check(path: &Path) -> ExitCode {

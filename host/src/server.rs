@@ -30,7 +30,8 @@ enum Api {
 
 /// Bind both listeners, serve until a shutdown signal, drain, return.
 pub async fn run(gw: Arc<Gateway>) -> anyhow::Result<()> {
-    let server = &gw.config.server;
+    let config = gw.config();
+    let server = &config.config.server;
     let client = TcpListener::bind(server.listen_addr())
         .await
         .with_context(|| format!("cannot listen on {}", server.listen))?;
@@ -61,6 +62,8 @@ pub async fn run(gw: Arc<Gateway>) -> anyhow::Result<()> {
             }
         })
     };
+    crate::gateway::reload::spawn_watcher(&gw);
+    crate::gateway::reload::spawn_sighup(&gw);
     gw.set_ready(true);
     info!(listen = %listen, admin = %admin_listen, "listening");
 

@@ -8,6 +8,7 @@ mod chat;
 mod cli;
 mod errors;
 mod failover;
+mod hotswap;
 mod lifecycle;
 mod policies;
 mod support;

@@ -35,7 +35,9 @@ pub fn guest(name: &str) -> PathBuf {
     built("test-guests", name)
 }
 
-/// A `[[policies]]` entry.
+/// A `[[policies]]` entry. Unless `extra` sets one, the CPU deadline is a
+/// generous 1 s: deadlines are wall-clock, and a test run starts many
+/// gateways on two cores.
 pub fn entry(
     name: &str,
     path: &std::path::Path,
@@ -43,8 +45,13 @@ pub fn entry(
     config: &str,
     extra: &str,
 ) -> String {
+    let timeout = if extra.contains("timeout_ms") {
+        ""
+    } else {
+        "timeout_ms = 1000\n"
+    };
     format!(
-        "\n[[policies]]\nname = \"{name}\"\nkind = \"guardrail\"\npath = \"{}\"\nglobal = {global}\nconfig = {config}\n{extra}\n",
+        "\n[[policies]]\nname = \"{name}\"\nkind = \"guardrail\"\npath = \"{}\"\nglobal = {global}\nconfig = {config}\n{timeout}{extra}\n",
         path.display()
     )
 }
@@ -302,7 +309,7 @@ async fn hostile(on_error: &str) -> (MockUpstream, Gateway) {
         &guest("hostile"),
         true,
         "{}",
-        &format!("on_error = \"{on_error}\"\ntimeout_ms = 50\nmemory_mb = 16"),
+        &format!("on_error = \"{on_error}\"\ntimeout_ms = 200\nmemory_mb = 16"),
     );
     let gw = start(&config(&up, &extra));
     (up, gw)

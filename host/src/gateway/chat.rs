@@ -14,7 +14,8 @@ use hyper::body::Incoming;
 
 use super::stream::ClientStream;
 use super::{
-    Body, ChatCall, Gateway, Model, RequestLog, Target, json_response, read_client_body, usd,
+    Body, ChatCall, Gateway, Model, RequestLog, Snapshot, Target, json_response, read_client_body,
+    usd,
 };
 use crate::auth::Caller;
 use crate::chat::{ChatCompletion, ChatRequest, Usage};
@@ -26,22 +27,22 @@ use crate::tokens;
 
 pub(super) async fn handle(
     gw: &Arc<Gateway>,
+    snap: &Snapshot,
     req: Request<Incoming>,
     log: &mut RequestLog,
 ) -> Result<Response<Body>, GatewayError> {
-    let caller = gw.keys.authenticate(req.headers())?;
+    let caller = snap.config.keys.authenticate(req.headers())?;
     log.key = caller.name().map(str::to_owned);
     let meta = meta_headers(req.headers());
-    let body = read_client_body(req, gw.config.server.max_body_bytes).await?;
+    let body = read_client_body(req, snap.config.config.server.max_body_bytes).await?;
     let mut chat = ChatRequest::parse(&body)?;
     log.model.clone_from(&chat.model);
-    let model = gw.model_for(&caller, &chat.model)?.clone();
+    let model = snap.config.model_for(&caller, &chat.model)?.clone();
     let (reservation, prompt_estimate) = reserve(gw, &caller, &model, &chat)?;
     let rate = reservation
         .as_ref()
         .map(|r| r.info.clone())
         .unwrap_or_default();
-    let policies = gw.policies();
     let ctx = RequestContext {
         request_id: log.id.clone(),
         key_name: log.key.clone(),
@@ -49,14 +50,14 @@ pub(super) async fn handle(
         streaming: chat.stream,
         metadata: metadata(&chat, meta),
     };
-    let mut chain = match guard_request(gw, policies.guardrails(&model.name), &mut chat, &ctx).await
-    {
-        Ok(chain) => chain,
-        Err(error) => {
-            settle(gw, reservation, 0, 0);
-            return Err(error);
-        }
-    };
+    let mut chain =
+        match guard_request(gw, snap.policies.guardrails(&model.name), &mut chat, &ctx).await {
+            Ok(chain) => chain,
+            Err(error) => {
+                settle(gw, reservation, 0, 0);
+                return Err(error);
+            }
+        };
     let (target, reply) = match gw.forward(&model, ChatCall(&chat), log).await {
         Ok(answer) => answer,
         Err(error) => {

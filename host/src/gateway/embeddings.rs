@@ -10,19 +10,20 @@ use hyper::body::Incoming;
 use serde_json::Value;
 
 use super::chat::{account, settle};
-use super::{Body, EmbeddingsCall, Gateway, RequestLog, json_response, read_client_body};
+use super::{Body, EmbeddingsCall, Gateway, RequestLog, Snapshot, json_response, read_client_body};
 use crate::chat::{Usage, parse_object, required_model};
 use crate::error::GatewayError;
 use crate::tokens;
 
 pub(super) async fn handle(
     gw: &Arc<Gateway>,
+    snap: &Snapshot,
     req: Request<Incoming>,
     log: &mut RequestLog,
 ) -> Result<Response<Body>, GatewayError> {
-    let caller = gw.keys.authenticate(req.headers())?;
+    let caller = snap.config.keys.authenticate(req.headers())?;
     log.key = caller.name().map(str::to_owned);
-    let bytes = read_client_body(req, gw.config.server.max_body_bytes).await?;
+    let bytes = read_client_body(req, snap.config.config.server.max_body_bytes).await?;
     let body = parse_object(&bytes)?;
     let name = required_model(&body)?;
     log.model.clone_from(&name);
@@ -42,7 +43,7 @@ pub(super) async fn handle(
             ));
         }
     };
-    let model = gw.model_for(&caller, &name)?.clone();
+    let model = snap.config.model_for(&caller, &name)?.clone();
     let reservation = match caller.key() {
         Some(key) => gw
             .limits

@@ -8,6 +8,7 @@
 mod chat;
 mod embeddings;
 pub mod policies;
+pub mod reload;
 mod stream;
 
 use std::collections::HashMap;
@@ -211,31 +212,19 @@ impl UpstreamCall for EmbeddingsCall<'_> {
     }
 }
 
-/// The gateway's shared state.
+/// What one config makes of the gateway: keys, models, prices, targets.
 #[derive(Debug)]
-pub struct Gateway {
+pub struct ConfigState {
     pub config: Config,
     keys: KeyStore,
     models: HashMap<String, Arc<Model>>,
     model_order: Vec<String>,
-    client: HttpClient,
-    limits: Limiter,
-    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     admin_token: Option<[u8; 32]>,
-    ready: AtomicBool,
-    started: u64,
-    runtime: Arc<PolicyRuntime>,
-    policies: ArcSwap<PolicySet>,
 }
 
-impl Gateway {
-    /// Build from a validated config; `metrics` renders `/metrics`.
-    pub fn new(
-        config: Config,
-        metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
-        runtime: Arc<PolicyRuntime>,
-        policies: PolicySet,
-    ) -> anyhow::Result<Arc<Gateway>> {
+impl ConfigState {
+    /// Precompute everything the request path needs from `config`.
+    pub fn new(config: Config) -> ConfigState {
         let providers = Providers::from_config(&config);
         let mut models = HashMap::new();
         let mut model_order = Vec::new();
@@ -272,27 +261,97 @@ impl Gateway {
         if keys.is_open() {
             warn!("no [[keys]] configured: the gateway is open to anyone who can reach it");
         }
-        Ok(Arc::new(Gateway {
+        ConfigState {
+            config,
             keys,
             models,
             model_order,
+            admin_token,
+        }
+    }
+
+    /// The model a caller asked for: 404 if unknown (even for a restricted
+    /// key), 403 if the key may not use it.
+    fn model_for(&self, caller: &Caller, name: &str) -> Result<&Arc<Model>, GatewayError> {
+        let model = self
+            .models
+            .get(name)
+            .ok_or_else(|| GatewayError::ModelNotFound(name.to_string()))?;
+        if !caller.allows(name) {
+            return Err(GatewayError::ModelNotAllowed {
+                key: caller.name().unwrap_or_default().to_string(),
+                model: name.to_string(),
+            });
+        }
+        Ok(model)
+    }
+}
+
+/// What a request runs against, start to finish: one config's state and
+/// one policy set. Replaced whole by reloads; a request keeps the snapshot
+/// it started with.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub config: Arc<ConfigState>,
+    pub policies: Arc<PolicySet>,
+}
+
+/// The gateway's shared state.
+#[derive(Debug)]
+pub struct Gateway {
+    snapshot: ArcSwap<Snapshot>,
+    client: HttpClient,
+    limits: Limiter,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    ready: AtomicBool,
+    started: u64,
+    runtime: Arc<PolicyRuntime>,
+    /// Serializes reloads (file watcher, admin API, SIGHUP).
+    reload_lock: tokio::sync::Mutex<()>,
+    /// The last failed reload per policy, for `/admin/policies`.
+    last_errors: parking_lot::Mutex<HashMap<String, String>>,
+    /// Folders the file watcher watches.
+    watcher: parking_lot::Mutex<reload::Watcher>,
+}
+
+impl Gateway {
+    /// Build from a validated config; `metrics` renders `/metrics`.
+    pub fn new(
+        config: Config,
+        metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+        runtime: Arc<PolicyRuntime>,
+        policies: PolicySet,
+    ) -> anyhow::Result<Arc<Gateway>> {
+        for entry in policies.entries.values() {
+            reload::record_generation(entry);
+        }
+        Ok(Arc::new(Gateway {
+            snapshot: ArcSwap::from_pointee(Snapshot {
+                config: Arc::new(ConfigState::new(config)),
+                policies: Arc::new(policies),
+            }),
             client: providers::http_client()?,
             limits: Limiter::default(),
             metrics,
-            admin_token,
             ready: AtomicBool::new(false),
             started: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
-            config,
             runtime,
-            policies: ArcSwap::from_pointee(policies),
+            reload_lock: tokio::sync::Mutex::new(()),
+            last_errors: parking_lot::Mutex::default(),
+            watcher: parking_lot::Mutex::default(),
         }))
     }
 
-    /// The policy set requests start with now.
-    pub fn policies(&self) -> Arc<PolicySet> {
-        self.policies.load_full()
+    /// What a request starting now runs against.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// The config in force.
+    pub fn config(&self) -> Arc<ConfigState> {
+        self.snapshot.load().config.clone()
     }
 
     /// Mark the gateway ready (or not) for `/readyz`.
@@ -334,7 +393,7 @@ impl Gateway {
 
     /// Does `headers` carry the admin token (or is none configured)?
     pub fn admin_authorized(&self, headers: &http::HeaderMap) -> bool {
-        match &self.admin_token {
+        match &self.snapshot.load().config.admin_token {
             None => true,
             Some(want) => crate::auth::bearer(headers)
                 .is_some_and(|t| crate::auth::sha256(t.as_bytes()) == *want),
@@ -354,11 +413,12 @@ impl Gateway {
             _ => "other",
         };
         let mut log = RequestLog::new(route);
+        let snap = self.snapshot();
         metrics::in_flight(1.0);
         let result = match (req.method(), route) {
-            (&Method::POST, "chat") => chat::handle(&self, req, &mut log).await,
-            (&Method::POST, "embeddings") => embeddings::handle(&self, req, &mut log).await,
-            (&Method::GET, "models") => self.models_route(&req),
+            (&Method::POST, "chat") => chat::handle(&self, &snap, req, &mut log).await,
+            (&Method::POST, "embeddings") => embeddings::handle(&self, &snap, req, &mut log).await,
+            (&Method::GET, "models") => self.models_route(&snap.config, &req),
             (method, "other") => Err(GatewayError::NotFound {
                 method: method.to_string(),
                 path: req.uri().path().to_string(),
@@ -384,31 +444,19 @@ impl Gateway {
         response
     }
 
-    /// The model a caller asked for: 404 if unknown (even for a restricted
-    /// key), 403 if the key may not use it.
-    fn model_for(&self, caller: &Caller, name: &str) -> Result<&Arc<Model>, GatewayError> {
-        let model = self
-            .models
-            .get(name)
-            .ok_or_else(|| GatewayError::ModelNotFound(name.to_string()))?;
-        if !caller.allows(name) {
-            return Err(GatewayError::ModelNotAllowed {
-                key: caller.name().unwrap_or_default().to_string(),
-                model: name.to_string(),
-            });
-        }
-        Ok(model)
-    }
-
     /// `GET /v1/models` and `GET /v1/models/{id}`: the models this caller may use.
-    fn models_route(&self, req: &Request<Incoming>) -> Result<Response<Body>, GatewayError> {
-        let caller = self.keys.authenticate(req.headers())?;
+    fn models_route(
+        &self,
+        state: &ConfigState,
+        req: &Request<Incoming>,
+    ) -> Result<Response<Body>, GatewayError> {
+        let caller = state.keys.authenticate(req.headers())?;
         let entry = |name: &str| json!({"id": name, "object": "model", "created": self.started, "owned_by": "weir"});
         if let Some(id) = req.uri().path().strip_prefix("/v1/models/") {
-            self.model_for(&caller, id)?;
+            state.model_for(&caller, id)?;
             return Ok(json_response(StatusCode::OK, entry(id).to_string()));
         }
-        let data: Vec<Value> = self
+        let data: Vec<Value> = state
             .model_order
             .iter()
             .filter(|name| caller.allows(name))

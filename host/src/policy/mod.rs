@@ -287,29 +287,33 @@ impl PolicyRuntime {
         let mut store = self
             .engine
             .store(policy.meta.clone(), "weir-smoke-test".into());
-        store.set_epoch_deadline(policy.limits.ticks);
+        // The smoke call looks for traps and errors; its deadline is at least
+        // a second so a busy machine (deadlines are wall-clock) does not
+        // reject a good policy at load.
+        let ticks = policy.limits.ticks.max(PolicyEngine::ticks(1000));
+        store.set_epoch_deadline(ticks);
         let err = |e: wasmtime::Error| guardrail::describe_failure(&e).1;
         match &policy.pre {
             Pre::Guardrail(pre) => {
                 let b = pre.instantiate_async(&mut store).await.map_err(err)?;
                 let g = b.weir_policy_guardrail();
                 let flow = async {
-                    store.set_epoch_deadline(policy.limits.ticks);
+                    store.set_epoch_deadline(ticks);
                     g.call_on_request(&mut store, &info, &req)
                         .await?
                         .map_err(wasmtime::Error::msg)?;
-                    store.set_epoch_deadline(policy.limits.ticks);
+                    store.set_epoch_deadline(ticks);
                     let guard: ResourceAny = g
                         .response_guard()
                         .call_constructor(&mut store, &info)
                         .await?;
-                    store.set_epoch_deadline(policy.limits.ticks);
+                    store.set_epoch_deadline(ticks);
                     let text = "Hello from the model.";
                     g.response_guard()
                         .call_on_chunk(&mut store, guard, 0, text)
                         .await?
                         .map_err(wasmtime::Error::msg)?;
-                    store.set_epoch_deadline(policy.limits.ticks);
+                    store.set_epoch_deadline(ticks);
                     g.response_guard()
                         .call_on_end(&mut store, guard, 0, "", text)
                         .await?
@@ -320,7 +324,7 @@ impl PolicyRuntime {
             }
             Pre::Router(pre) => {
                 let b = pre.instantiate_async(&mut store).await.map_err(err)?;
-                store.set_epoch_deadline(policy.limits.ticks);
+                store.set_epoch_deadline(ticks);
                 let candidates = vec![smoke_candidate("a"), smoke_candidate("b")];
                 let order = b
                     .weir_policy_router()
@@ -334,7 +338,7 @@ impl PolicyRuntime {
             }
             Pre::Pricing(pre) => {
                 let b = pre.instantiate_async(&mut store).await.map_err(err)?;
-                store.set_epoch_deadline(policy.limits.ticks);
+                store.set_epoch_deadline(ticks);
                 let usage = wit::Usage {
                     input_tokens: 1000,
                     output_tokens: 100,

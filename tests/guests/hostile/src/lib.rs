@@ -6,9 +6,11 @@
 //! - `HOSTILE:loop`  — spin forever (CPU deadline)
 //! - `HOSTILE:oom`   — allocate until the memory cap
 //! - `HOSTILE:trap`  — hit `unreachable`
-//! - `HOSTILE:huge`  — answer with 8 MiB of text
+//! - `HOSTILE:huge`  — answer with 2 MiB of text (over the 1 MiB verdict limit)
 //! - `HOSTILE:error` — return a policy error
 //! - `HOSTILE:print` — write to stdout and stderr, then allow
+//! - config `{ trap_always = true }` — trap in every `on-request`, the
+//!   load-time smoke call included
 //! - `HOSTILE:count` — rewrite the prompt to `count=N`, N this instance's
 //!   `on-request` calls so far (shows whether instances are reused)
 
@@ -61,13 +63,16 @@ fn act(text: &str) -> Act {
 }
 
 fn huge() -> String {
-    "x".repeat(8 << 20)
+    "x".repeat(2 << 20)
 }
 
 impl Guest for Hostile {
     type ResponseGuard = Guard;
 
     fn on_request(_info: RequestInfo, req: ChatRequest) -> Result<RequestVerdict, String> {
+        if weir::policy::host::config().contains("trap_always") {
+            panic!("configured to trap");
+        }
         let text: String = req.messages.iter().map(|m| m.content.as_str()).collect();
         let calls = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         if text.contains("HOSTILE:count") {
