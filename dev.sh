@@ -74,6 +74,10 @@ case "$cmd" in
         exec ./target/release/weir serve "$@"
         ;;
     test)
+        if ! python3 -c "import openai" 2>/dev/null; then
+            log "installing the openai Python SDK (the SDK compatibility test drives weir with it)"
+            python3 -m pip install --quiet --disable-pip-version-check openai
+        fi
         build_wasm with-test-guests
         build_host
         log "running every test (release profile: shares the build above)"

@@ -11,4 +11,5 @@ mod failover;
 mod hotswap;
 mod lifecycle;
 mod policies;
+mod sdk;
 mod support;

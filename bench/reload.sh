@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Hot-swap and start-up timings (see bench/README.md): trigger → live for
+# each example policy, compiling and from the precompiled cache, and the
+# time to listening with 5 policies, cold and warm cache.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --locked -p weir -p weir-testkit --bins >&2
+./dev.sh policies >&2
+./target/release/weir-reload-bench ./target/release/weir ./target/policies
