@@ -220,6 +220,54 @@ fn default_timeout_ms() -> u64 {
 pub struct TargetConfig {
     pub provider: String,
     pub model: String,
+    /// `strategy = "weighted"`: relative share of first attempts.
+    #[serde(default = "default_weight")]
+    pub weight: f64,
+    /// This target's price, when it differs from the model's.
+    #[serde(default)]
+    pub price: Option<PriceConfig>,
+}
+
+fn default_weight() -> f64 {
+    1.0
+}
+
+/// How a model orders its targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Config order.
+    #[default]
+    Failover,
+    /// A random order biased by `weight`.
+    Weighted,
+    /// Lowest recent latency (time to first token for streams) first.
+    LeastLatency,
+}
+
+/// When a target's circuit breaker opens, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CircuitConfig {
+    /// Consecutive failures that open the circuit.
+    pub failures: u32,
+    /// Error rate over the last 10 s that opens it…
+    pub error_rate: f64,
+    /// …once at least this many attempts were made in that window.
+    pub min_requests: u32,
+    /// How long it stays open before a half-open probe.
+    pub cooldown_ms: u64,
+}
+
+impl Default for CircuitConfig {
+    fn default() -> Self {
+        CircuitConfig {
+            failures: 5,
+            error_rate: 0.5,
+            min_requests: 20,
+            cooldown_ms: 30_000,
+        }
+    }
 }
 
 /// `price = { … }`, USD per million tokens.
@@ -250,6 +298,35 @@ pub struct ModelConfig {
     /// Used for reservations when a request has no `max_tokens`.
     #[serde(default = "default_max_output_tokens")]
     pub max_output_tokens: u64,
+    /// How targets are ordered (ignored when `router` is set).
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// Attempts per request across targets and retry rounds (default: one
+    /// per target).
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// Backoff before a retry round: doubles per round, capped, ±50% jitter.
+    #[serde(default = "default_retry_backoff_ms")]
+    pub retry_backoff_ms: u64,
+    #[serde(default = "default_retry_max_backoff_ms")]
+    pub retry_max_backoff_ms: u64,
+    /// No new attempt starts after this long.
+    #[serde(default = "default_deadline_ms")]
+    pub deadline_ms: u64,
+    #[serde(default)]
+    pub circuit: CircuitConfig,
+}
+
+fn default_retry_backoff_ms() -> u64 {
+    100
+}
+
+fn default_retry_max_backoff_ms() -> u64 {
+    2_000
+}
+
+fn default_deadline_ms() -> u64 {
+    120_000
 }
 
 fn default_max_output_tokens() -> u64 {
@@ -604,6 +681,23 @@ impl Config {
             }
             if m.max_output_tokens == 0 {
                 err(at("max_output_tokens"), "must be greater than 0".into());
+            }
+            if m.max_attempts == Some(0) {
+                err(at("max_attempts"), "must be at least 1".into());
+            }
+            if m.deadline_ms == 0 {
+                err(at("deadline_ms"), "must be greater than 0".into());
+            }
+            if m.circuit.failures == 0 || !(0.0..=1.0).contains(&m.circuit.error_rate) {
+                err(
+                    at("circuit"),
+                    "`failures` must be at least 1 and `error_rate` between 0 and 1".into(),
+                );
+            }
+            for (j, t) in m.targets.iter().enumerate() {
+                if !(t.weight.is_finite() && t.weight > 0.0) {
+                    err(format!("models[{i}].targets[{j}].weight"), "must be a positive number".into());
+                }
             }
         }
 

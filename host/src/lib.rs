@@ -20,6 +20,7 @@ pub mod limits;
 pub mod metrics;
 pub mod policy;
 pub mod providers;
+pub mod routing;
 pub mod server;
 pub mod sse;
 pub mod telemetry;

@@ -64,7 +64,8 @@ pub fn upstream_attempt(provider: &str, model: &str, outcome: &'static str, elap
     }
     histogram!(
         "weir_upstream_duration_seconds",
-        "provider" => provider.to_string()
+        "provider" => provider.to_string(),
+        "model" => model.to_string()
     )
     .record(elapsed.as_secs_f64());
 }
@@ -100,4 +101,9 @@ pub fn cost(model: &str, micro_usd: u64) {
 /// Requests in flight on the client listener.
 pub fn in_flight(delta: f64) {
     gauge!("weir_requests_in_flight").increment(delta);
+}
+
+/// A target's circuit breaker opened.
+pub fn circuit_opened(target: &str) {
+    counter!("weir_circuit_opened_total", "target" => target.to_string()).increment(1);
 }

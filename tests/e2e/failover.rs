@@ -17,6 +17,7 @@ async fn two_targets(timeout_ms: u64) -> (MockUpstream, MockUpstream, String) {
 [[models]]
 name = "chat"
 targets = [{{ provider = "a", model = "model-a" }}, {{ provider = "b", model = "model-b" }}]
+circuit = {{ failures = 1000 }}
 "#,
         provider("a", &a, timeout_ms),
         provider("b", &b, 2000)

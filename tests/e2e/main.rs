@@ -11,5 +11,6 @@ mod failover;
 mod hotswap;
 mod lifecycle;
 mod policies;
+mod routing;
 mod sdk;
 mod support;

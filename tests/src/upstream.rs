@@ -144,6 +144,8 @@ pub enum Reply {
         content_type: String,
         body: String,
     },
+    /// 429 with OpenAI's error body and `retry-after: <secs>`.
+    RetryAfter(u64),
 }
 
 impl Reply {
@@ -338,6 +340,16 @@ async fn answer(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
             *r.status_mut() = StatusCode::from_u16(status).unwrap();
             r.headers_mut()
                 .insert("content-type", content_type.parse().unwrap());
+            r
+        }
+        Reply::RetryAfter(secs) => {
+            let mut r = json_response(
+                429,
+                json!({"error": {"message": "Rate limit reached for requests", "type": "requests", "param": null, "code": "rate_limit_exceeded"}})
+                    .to_string(),
+            );
+            r.headers_mut()
+                .insert("retry-after", secs.to_string().parse().unwrap());
             r
         }
     }

@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 
 use super::stream::ClientStream;
 use super::{
-    Body, ChatCall, Gateway, Model, RequestLog, Snapshot, Target, json_response, read_client_body,
+    Body, ChatCall, Gateway, Model, Price, RequestLog, Snapshot, Target, json_response, read_client_body,
     usd,
 };
 use crate::auth::Caller;
@@ -58,7 +58,11 @@ pub(super) async fn handle(
                 return Err(error);
             }
         };
-    let (target, reply) = match gw.forward(&model, ChatCall(&chat), log).await {
+    let order = gw.plan(snap, &model, Some((&chat, &ctx)), chat.stream).await;
+    let (target, reply, in_flight) = match gw
+        .forward(&model, &order, ChatCall(&chat), chat.stream, log)
+        .await
+    {
         Ok(answer) => answer,
         Err(error) => {
             settle(gw, reservation, 0, 0);
@@ -68,16 +72,19 @@ pub(super) async fn handle(
     log.provider = Some(target.label.clone());
     let response = match reply {
         ChatReply::Complete(completion) => {
-            answer_whole(
+            let response = answer_whole(
                 gw,
                 &model,
+                &target,
                 completion,
                 chain,
                 reservation,
                 prompt_estimate,
                 log,
             )
-            .await?
+            .await?;
+            drop(in_flight);
+            response
         }
         ChatReply::Stream(stream) => {
             if let Some(chain) = &mut chain
@@ -89,6 +96,7 @@ pub(super) async fn handle(
             let stream = ClientStream::new(
                 gw.clone(),
                 model.clone(),
+                (target.clone(), in_flight),
                 stream,
                 chain,
                 chat.include_usage,
@@ -99,7 +107,7 @@ pub(super) async fn handle(
             answer_stream(stream)
         }
     };
-    Ok(with_headers(response, target, &rate))
+    Ok(with_headers(response, &target, &rate))
 }
 
 /// `x-weir-meta-<name>` headers, for policies' request metadata.
@@ -216,9 +224,11 @@ pub(super) fn settle(gw: &Gateway, reservation: Option<Reservation>, tokens: u64
 }
 
 /// A whole completion: guardrails, rename the model, account, answer.
+#[allow(clippy::too_many_arguments)]
 async fn answer_whole(
     gw: &Gateway,
     model: &Model,
+    target: &Target,
     mut completion: Box<ChatCompletion>,
     chain: Option<GuardChain>,
     reservation: Option<Reservation>,
@@ -233,7 +243,7 @@ async fn answer_whole(
             }
             Err(error) => {
                 let usage = completion.usage.clone().unwrap_or_default();
-                account(gw, model, &usage, reservation, log);
+                account(gw, &target.price, &usage, reservation, log);
                 return Err(error);
             }
         },
@@ -249,7 +259,7 @@ async fn answer_whole(
             .sum();
         Usage::new(prompt_estimate, (text as u64).div_ceil(4))
     });
-    let cost = account(gw, model, &usage, reservation, log);
+    let cost = account(gw, &target.price, &usage, reservation, log);
     let body = serde_json::to_vec(&completion).unwrap_or_default();
     let mut response = json_response(StatusCode::OK, body);
     if let Ok(v) = HeaderValue::from_str(&usd(cost)) {
@@ -266,12 +276,12 @@ async fn answer_whole(
 /// Settle the reservation and record tokens and cost; returns the cost.
 pub(super) fn account(
     gw: &Gateway,
-    model: &Model,
+    price: &Price,
     usage: &Usage,
     reservation: Option<Reservation>,
     log: &mut RequestLog,
 ) -> u64 {
-    let cost = model.price.micro_usd(
+    let cost = price.micro_usd(
         usage.prompt_tokens,
         usage.cached_tokens(),
         usage.completion_tokens,

@@ -54,7 +54,11 @@ pub(super) async fn handle(
         .as_ref()
         .map(|r| r.info.clone())
         .unwrap_or_default();
-    let (target, mut answer) = match gw.forward(&model, EmbeddingsCall(&body), log).await {
+    let order = gw.plan(snap, &model, None, false).await;
+    let (target, mut answer, _in_flight) = match gw
+        .forward(&model, &order, EmbeddingsCall(&body), false, log)
+        .await
+    {
         Ok(ok) => ok,
         Err(error) => {
             settle(gw, reservation, 0, 0);
@@ -67,7 +71,7 @@ pub(super) async fn handle(
         .and_then(|u| u.get("prompt_tokens"))
         .and_then(Value::as_u64)
         .unwrap_or(estimate);
-    let cost = account(gw, &model, &Usage::new(input, 0), reservation, log);
+    let cost = account(gw, &target.price, &Usage::new(input, 0), reservation, log);
     answer["model"] = Value::String(model.name.clone());
     let mut response = json_response(StatusCode::OK, answer.to_string());
     let headers = response.headers_mut();

@@ -31,7 +31,9 @@ use crate::config::{Config, PriceConfig};
 use crate::error::GatewayError;
 use crate::limits::Limiter;
 use crate::metrics;
-use crate::policy::PolicyRuntime;
+use crate::config::{CircuitConfig, Strategy};
+use crate::policy::{PolicyRuntime, RequestContext, RouteCandidate};
+use crate::routing::{self, health::{HealthRegistry, InFlight, Outcome, TargetHealth}};
 use crate::providers::{self, AttemptError, ChatReply, HttpClient, Provider, Providers};
 use arc_swap::ArcSwap;
 use policies::PolicySet;
@@ -100,15 +102,25 @@ pub struct Target {
     pub model: String,
     /// `provider/model`, as `x-weir-provider` shows it.
     pub label: String,
+    pub weight: f64,
+    /// What tokens cost here (the target's price, else the model's).
+    pub price: Price,
+    pub health: Arc<TargetHealth>,
 }
 
 /// A configured model.
 #[derive(Debug)]
 pub struct Model {
     pub name: String,
-    pub targets: Vec<Target>,
+    pub targets: Vec<Arc<Target>>,
+    /// The model's price, for estimates before a target is chosen.
     pub price: Price,
     pub max_output_tokens: u64,
+    strategy: Strategy,
+    max_attempts: u32,
+    backoff: (Duration, Duration),
+    deadline: Duration,
+    circuit: CircuitConfig,
 }
 
 /// What a client request is recorded as when it ends: one log line and the
@@ -223,21 +235,27 @@ pub struct ConfigState {
 }
 
 impl ConfigState {
-    /// Precompute everything the request path needs from `config`.
-    pub fn new(config: Config) -> ConfigState {
+    /// Precompute everything the request path needs from `config`;
+    /// targets share their health with earlier configs through `health`.
+    pub fn new(config: Config, health: &HealthRegistry) -> ConfigState {
         let providers = Providers::from_config(&config);
         let mut models = HashMap::new();
         let mut model_order = Vec::new();
         for m in &config.models {
-            let targets = m
+            let price = Price::from_config(m.price.as_ref());
+            let targets: Vec<Arc<Target>> = m
                 .targets
                 .iter()
                 .filter_map(|t| {
-                    Some(Target {
+                    let label = format!("{}/{}", t.provider, t.model);
+                    Some(Arc::new(Target {
                         provider: providers.get(&t.provider)?.clone(),
                         model: t.model.clone(),
-                        label: format!("{}/{}", t.provider, t.model),
-                    })
+                        health: health.get(&label),
+                        label,
+                        weight: t.weight,
+                        price: t.price.as_ref().map_or(price, |p| Price::from_config(Some(p))),
+                    }))
                 })
                 .collect();
             model_order.push(m.name.clone());
@@ -245,9 +263,17 @@ impl ConfigState {
                 m.name.clone(),
                 Arc::new(Model {
                     name: m.name.clone(),
+                    max_attempts: m.max_attempts.unwrap_or(targets.len() as u32).max(1),
                     targets,
-                    price: Price::from_config(m.price.as_ref()),
+                    price,
                     max_output_tokens: m.max_output_tokens,
+                    strategy: m.strategy,
+                    backoff: (
+                        Duration::from_millis(m.retry_backoff_ms),
+                        Duration::from_millis(m.retry_max_backoff_ms),
+                    ),
+                    deadline: Duration::from_millis(m.deadline_ms),
+                    circuit: m.circuit,
                 }),
             );
         }
@@ -312,6 +338,8 @@ pub struct Gateway {
     last_errors: parking_lot::Mutex<HashMap<String, String>>,
     /// Folders the file watcher watches.
     watcher: parking_lot::Mutex<reload::Watcher>,
+    /// Every target's health, across config reloads.
+    health: HealthRegistry,
 }
 
 impl Gateway {
@@ -325,11 +353,13 @@ impl Gateway {
         for entry in policies.entries.values() {
             reload::record_generation(entry);
         }
+        let health = HealthRegistry::default();
         Ok(Arc::new(Gateway {
             snapshot: ArcSwap::from_pointee(Snapshot {
-                config: Arc::new(ConfigState::new(config)),
+                config: Arc::new(ConfigState::new(config, &health)),
                 policies: Arc::new(policies),
             }),
+            health,
             client: providers::http_client()?,
             limits: Limiter::default(),
             metrics,
@@ -468,55 +498,156 @@ impl Gateway {
         ))
     }
 
-    /// Try the model's targets in order until one answers. Failover-worthy
-    /// failures (connect, timeout, 401/403/429/5xx, malformed) move on; the
-    /// caller's own mistakes (400/404/422) are relayed at once.
-    async fn forward<'m, C: UpstreamCall>(
+    /// The order in which to try `model`'s targets for this request: its
+    /// router policy's answer (configured order if the router fails), else
+    /// its strategy.
+    async fn plan(
         &self,
-        model: &'m Model,
+        snap: &Snapshot,
+        model: &Model,
+        request: Option<(&crate::chat::ChatRequest, &RequestContext)>,
+        streaming: bool,
+    ) -> Vec<usize> {
+        let now = Instant::now();
+        if let (Some(router), Some((chat, ctx))) = (snap.policies.router(&model.name), request) {
+            let candidates: Vec<RouteCandidate> = model
+                .targets
+                .iter()
+                .map(|t| {
+                    let f = t.health.figures(now);
+                    RouteCandidate {
+                        provider: t.provider.name.clone(),
+                        model: t.model.clone(),
+                        healthy: f.healthy,
+                        latency_ewma_us: f.latency_ewma_us,
+                        ttft_ewma_us: f.ttft_ewma_us,
+                        error_rate_permille: f.error_rate_permille,
+                        in_flight: f.in_flight,
+                        input_micro_usd_per_mtok: (t.price.input * 1e6).round() as u64,
+                        output_micro_usd_per_mtok: (t.price.output * 1e6).round() as u64,
+                    }
+                })
+                .collect();
+            match self.runtime.route(router, ctx, chat, &candidates).await {
+                Ok(order) if !order.is_empty() => return order,
+                Ok(_) => warn!(request_id = %ctx.request_id, policy = %router.name, "the router chose no target; using the configured order"),
+                Err(e) => {
+                    ::metrics::counter!("weir_policy_errors_total", "policy" => router.name.clone(), "kind" => "router").increment(1);
+                    warn!(request_id = %ctx.request_id, policy = %router.name, error = %e, "the router failed; using the configured order");
+                }
+            }
+            return (0..model.targets.len()).collect();
+        }
+        let candidates: Vec<routing::Candidate<'_>> = model
+            .targets
+            .iter()
+            .map(|t| routing::Candidate {
+                weight: t.weight,
+                health: &t.health,
+            })
+            .collect();
+        routing::order(model.strategy, &candidates, streaming, now)
+    }
+
+    /// Walk the plan until a target answers. Failover-worthy failures
+    /// (connect, timeout, 401/403/429/5xx, malformed) move on, skipping
+    /// targets whose circuit is open or that are cooling down (they are
+    /// tried last, if attempts remain); the caller's own mistakes (400, 404,
+    /// 422…) are relayed at once. Rounds repeat with backoff while
+    /// `max_attempts` and the deadline allow.
+    async fn forward<C: UpstreamCall>(
+        &self,
+        model: &Model,
+        order: &[usize],
         call: C,
+        streaming: bool,
         log: &RequestLog,
-    ) -> Result<(&'m Target, C::Reply), GatewayError> {
+    ) -> Result<(Arc<Target>, C::Reply, InFlight), GatewayError> {
+        let started = Instant::now();
+        let deadline = started + model.deadline;
+        let mut attempts = 0u32;
+        let mut round = 0u32;
         let mut failures = Vec::new();
         let mut all_timeouts = true;
-        for (i, target) in model.targets.iter().enumerate() {
-            if i > 0 {
-                metrics::failover(&model.name);
+        'rounds: loop {
+            // First the admitted targets in plan order; then, as a last
+            // resort, the ones skipped for an open circuit or a cooldown.
+            let mut pass: Vec<usize> = order.to_vec();
+            let mut last_resort = false;
+            loop {
+                let mut skipped = Vec::new();
+                for i in pass {
+                    let Some(target) = model.targets.get(i) else { continue };
+                    if attempts >= model.max_attempts || Instant::now() >= deadline {
+                        break 'rounds;
+                    }
+                    if !last_resort && !target.health.admit(Instant::now(), &model.circuit) {
+                        skipped.push(i);
+                        continue;
+                    }
+                    if attempts > 0 {
+                        metrics::failover(&model.name);
+                    }
+                    attempts += 1;
+                    let in_flight = target.health.enter();
+                    let t0 = Instant::now();
+                    let result = call.call(&self.client, target).await;
+                    let elapsed = t0.elapsed();
+                    let now = Instant::now();
+                    match result {
+                        Ok(reply) => {
+                            target.health.record(Outcome::Ok { latency: elapsed, streaming }, &model.circuit, now);
+                            metrics::upstream_attempt(&target.provider.name, &target.model, "ok", elapsed);
+                            return Ok((target.clone(), reply, in_flight));
+                        }
+                        Err(AttemptError::Rejected(error)) => {
+                            target.health.record(Outcome::Ok { latency: elapsed, streaming }, &model.circuit, now);
+                            metrics::upstream_attempt(&target.provider.name, &target.model, "rejected", elapsed);
+                            return Err(error);
+                        }
+                        Err(error) => {
+                            metrics::upstream_attempt(&target.provider.name, &target.model, error.reason(), elapsed);
+                            let outcome = match &error {
+                                // Without retry-after: fail over, no cooldown.
+                                AttemptError::RateLimited(wait, _) => {
+                                    Outcome::Throttled(wait.unwrap_or(Duration::ZERO))
+                                }
+                                _ => Outcome::Failed,
+                            };
+                            if target.health.record(outcome, &model.circuit, now) {
+                                metrics::circuit_opened(&target.label);
+                                warn!(target = %target.label, cooldown_ms = model.circuit.cooldown_ms, "circuit opened");
+                            }
+                            warn!(
+                                request_id = %log.id,
+                                target = %target.label,
+                                reason = %error.describe(),
+                                "upstream attempt failed"
+                            );
+                            all_timeouts &= matches!(error, AttemptError::Timeout);
+                            failures.push(format!("{}: {}", target.label, error.describe()));
+                        }
+                    }
+                }
+                if last_resort || skipped.is_empty() {
+                    break;
+                }
+                last_resort = true;
+                pass = skipped;
             }
-            let started = Instant::now();
-            let result = call.call(&self.client, target).await;
-            let elapsed = started.elapsed();
-            match result {
-                Ok(reply) => {
-                    metrics::upstream_attempt(&target.provider.name, &target.model, "ok", elapsed);
-                    return Ok((target, reply));
-                }
-                Err(AttemptError::Rejected(error)) => {
-                    metrics::upstream_attempt(
-                        &target.provider.name,
-                        &target.model,
-                        "rejected",
-                        elapsed,
-                    );
-                    return Err(error);
-                }
-                Err(error) => {
-                    metrics::upstream_attempt(
-                        &target.provider.name,
-                        &target.model,
-                        error.reason(),
-                        elapsed,
-                    );
-                    warn!(
-                        request_id = %log.id,
-                        target = %target.label,
-                        reason = %error.describe(),
-                        "upstream attempt failed"
-                    );
-                    all_timeouts &= matches!(error, AttemptError::Timeout);
-                    failures.push(format!("{}: {}", target.label, error.describe()));
-                }
+            if attempts >= model.max_attempts {
+                break;
             }
+            round += 1;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            tokio::time::sleep(routing::backoff(round, model.backoff.0, model.backoff.1).min(left)).await;
+        }
+        if failures.is_empty() {
+            failures.push("no target could be tried before the deadline".into());
+            all_timeouts = true;
         }
         let message = format!(
             "every target of model `{}` failed: {}",

@@ -41,9 +41,15 @@ pub struct PolicySet {
     /// Config order, for listings.
     pub order: Vec<String>,
     chains: HashMap<String, Vec<Arc<Policy>>>,
+    routers: HashMap<String, Arc<Policy>>,
 }
 
 impl PolicySet {
+    /// The router policy of `model`, if it has one.
+    pub fn router(&self, model: &str) -> Option<&Arc<Policy>> {
+        self.routers.get(model)
+    }
+
     /// The guardrails that run for `model`, in order.
     pub fn guardrails(&self, model: &str) -> &[Arc<Policy>] {
         self.chains.get(model).map_or(&[], Vec::as_slice)
@@ -70,10 +76,19 @@ impl PolicySet {
                 (m.name.clone(), chain)
             })
             .collect();
+        let routers = config
+            .models
+            .iter()
+            .filter_map(|m| {
+                let router = entries.get(m.router.as_ref()?)?;
+                Some((m.name.clone(), router.policy.clone()))
+            })
+            .collect();
         PolicySet {
             order: config.policies.iter().map(|p| p.name.clone()).collect(),
             entries,
             chains,
+            routers,
         }
     }
 

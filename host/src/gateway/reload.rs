@@ -283,7 +283,7 @@ impl Gateway {
             warn!("listener addresses changed in the config; they take effect at the next restart");
         }
         let result = load_all(&self.runtime, &config, Some(&snap.policies)).await;
-        let state = Arc::new(ConfigState::new(config));
+        let state = Arc::new(ConfigState::new(config, &self.health));
         self.finish_bulk(state, result, trigger, "sighup")
             .map_err(|failures| {
                 failures

@@ -21,7 +21,8 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use serde_json::json;
 
-use super::{Body, Gateway, Model, RequestLog, chat};
+use super::{Body, Gateway, Model, RequestLog, Target, chat};
+use crate::routing::health::InFlight;
 use crate::chat::{ChatChunk, ChunkChoice, Delta, Usage};
 use crate::limits::Reservation;
 use crate::metrics;
@@ -41,6 +42,8 @@ enum End {
 pub(super) struct ClientStream {
     gw: Arc<Gateway>,
     model: Arc<Model>,
+    /// The target serving the stream, counted in flight until it ends.
+    target: (Arc<Target>, InFlight),
     /// `None` once a guardrail blocked: the upstream request is dropped.
     source: Option<ChunkStream>,
     chain: Option<GuardChain>,
@@ -65,6 +68,7 @@ impl ClientStream {
     pub(super) fn new(
         gw: Arc<Gateway>,
         model: Arc<Model>,
+        target: (Arc<Target>, InFlight),
         source: ChunkStream,
         chain: Option<GuardChain>,
         include_usage: bool,
@@ -75,6 +79,7 @@ impl ClientStream {
         ClientStream {
             gw,
             model,
+            target,
             source: Some(source),
             chain,
             include_usage,
@@ -303,7 +308,7 @@ impl ClientStream {
         });
         chat::account(
             &self.gw,
-            &self.model,
+            &self.target.0.price,
             &usage,
             self.reservation.take(),
             &mut self.log,

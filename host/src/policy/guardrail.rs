@@ -184,7 +184,7 @@ fn str_field<'a>(v: &'a Value, k: &str) -> &'a str {
 }
 
 /// The request as policies see it.
-fn to_wit(chat: &ChatRequest) -> wit::ChatRequest {
+pub(super) fn to_wit(chat: &ChatRequest) -> wit::ChatRequest {
     let messages = chat
         .messages()
         .iter()

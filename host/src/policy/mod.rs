@@ -362,6 +362,89 @@ impl PolicyRuntime {
     }
 }
 
+/// A target as a router policy sees it.
+#[derive(Debug, Clone)]
+pub struct RouteCandidate {
+    pub provider: String,
+    pub model: String,
+    pub healthy: bool,
+    pub latency_ewma_us: u64,
+    pub ttft_ewma_us: u64,
+    pub error_rate_permille: u32,
+    pub in_flight: u32,
+    pub input_micro_usd_per_mtok: u64,
+    pub output_micro_usd_per_mtok: u64,
+}
+
+impl PolicyRuntime {
+    /// Ask a router policy for the order to try `candidates` in: indexes,
+    /// each at most once, all in range. Any failure is an `Err` with the
+    /// reason; the caller falls back to the configured order.
+    pub async fn route(
+        &self,
+        policy: &Policy,
+        ctx: &RequestContext,
+        chat: &crate::chat::ChatRequest,
+        candidates: &[RouteCandidate],
+    ) -> Result<Vec<usize>, String> {
+        let Pre::Router(pre) = &policy.pre else {
+            return Err(format!("policy `{}` is not a router", policy.name));
+        };
+        let _permit = self
+            .engine
+            .try_permit()
+            .ok_or("the policy instance pool is full")?;
+        let started = Instant::now();
+        let mut store = self
+            .engine
+            .store(policy.meta.clone(), ctx.request_id.as_str().into());
+        store.set_epoch_deadline(policy.limits.ticks);
+        let err = |e: wasmtime::Error| guardrail::describe_failure(&e).1;
+        let bindings = pre.instantiate_async(&mut store).await.map_err(err)?;
+        store.set_epoch_deadline(policy.limits.ticks);
+        let info = wit::RequestInfo {
+            request_id: ctx.request_id.clone(),
+            key_name: ctx.key_name.clone(),
+            model: ctx.model.clone(),
+            streaming: ctx.streaming,
+            metadata: ctx.metadata.clone(),
+        };
+        let wit_candidates: Vec<_> = candidates
+            .iter()
+            .map(|c| bindings::router::exports::weir::policy::router::Candidate {
+                provider: c.provider.clone(),
+                model: c.model.clone(),
+                healthy: c.healthy,
+                latency_ewma_us: c.latency_ewma_us,
+                ttft_ewma_us: c.ttft_ewma_us,
+                error_rate_permille: c.error_rate_permille,
+                in_flight: c.in_flight,
+                input_micro_usd_per_mtok: c.input_micro_usd_per_mtok,
+                output_micro_usd_per_mtok: c.output_micro_usd_per_mtok,
+            })
+            .collect();
+        let result = bindings
+            .weir_policy_router()
+            .call_route(&mut store, &info, &guardrail::to_wit(chat), &wit_candidates)
+            .await;
+        counter!("weir_policy_calls_total", "policy" => policy.name.clone(), "hook" => "route")
+            .increment(1);
+        histogram!("weir_policy_call_duration_seconds", "policy" => policy.name.clone(), "hook" => "route")
+            .record(started.elapsed().as_secs_f64());
+        let order = result.map_err(err)??;
+        let mut seen = vec![false; candidates.len()];
+        let mut out = Vec::with_capacity(order.len());
+        for i in order {
+            let i = i as usize;
+            if i >= candidates.len() || std::mem::replace(&mut seen[i], true) {
+                return Err(format!("route returned an invalid or repeated index {i}"));
+            }
+            out.push(i);
+        }
+        Ok(out)
+    }
+}
+
 fn smoke_candidate(name: &str) -> bindings::router::exports::weir::policy::router::Candidate {
     bindings::router::exports::weir::policy::router::Candidate {
         provider: name.into(),

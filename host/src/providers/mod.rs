@@ -86,8 +86,10 @@ pub enum AttemptError {
     Connect(String),
     /// No response headers (or no first event) within the timeout.
     Timeout,
-    /// A status worth failing over on: 401, 403, 408, 429, 5xx.
+    /// A status worth failing over on: 401, 403, 408, 5xx.
     Status(StatusCode, String),
+    /// 429: fail over, and rest this target for `retry-after` (if given).
+    RateLimited(Option<Duration>, String),
     /// The upstream answered something that is not its wire format.
     Malformed(String),
     /// The caller's fault (400, 404, 422…): relayed, no failover.
@@ -103,6 +105,8 @@ impl AttemptError {
             AttemptError::Timeout => "timed out".into(),
             AttemptError::Status(s, m) if m.is_empty() => format!("HTTP {}", s.as_u16()),
             AttemptError::Status(s, m) => format!("HTTP {}: {m}", s.as_u16()),
+            AttemptError::RateLimited(_, m) if m.is_empty() => "HTTP 429".into(),
+            AttemptError::RateLimited(_, m) => format!("HTTP 429: {m}"),
             AttemptError::Malformed(e) => format!("malformed response: {e}"),
             AttemptError::Rejected(e) => e.to_string(),
         }
@@ -113,7 +117,7 @@ impl AttemptError {
         match self {
             AttemptError::Connect(_) => "connect",
             AttemptError::Timeout => "timeout",
-            AttemptError::Status(s, _) if *s == StatusCode::TOO_MANY_REQUESTS => "rate_limited",
+            AttemptError::RateLimited(..) => "rate_limited",
             AttemptError::Status(s, _) if s.is_server_error() => "server_error",
             AttemptError::Status(..) => "auth",
             AttemptError::Malformed(_) => "malformed",
@@ -249,8 +253,34 @@ pub async fn send(
     match tokio::time::timeout(provider.timeout, client.request(request)).await {
         Err(_) => Err(AttemptError::Timeout),
         Ok(Err(e)) => Err(AttemptError::Connect(error_chain(&e))),
+        // Every provider's 429 is handled here, with its retry-after.
+        Ok(Ok(response)) if response.status() == StatusCode::TOO_MANY_REQUESTS => {
+            let wait = retry_after(response.headers());
+            let mut body = response.into_body();
+            let message = match status_error(StatusCode::TOO_MANY_REQUESTS, &mut body, provider.idle_timeout).await {
+                AttemptError::Status(_, m) => m,
+                _ => String::new(),
+            };
+            Err(AttemptError::RateLimited(wait, message))
+        }
         Ok(Ok(response)) => Ok(response),
     }
+}
+
+/// `retry-after-ms` (OpenAI) or `retry-after` in seconds; HTTP dates are
+/// not worth parsing for a cooldown.
+pub fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+    let number = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|n| n.is_finite() && *n >= 0.0)
+    };
+    number("retry-after-ms")
+        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
+        .or_else(|| number("retry-after").map(Duration::from_secs_f64))
+        .map(|d| d.min(Duration::from_secs(300)))
 }
 
 /// Read a whole body; each read is bounded by the idle timeout.
