@@ -208,7 +208,15 @@ pub struct ProviderConfig {
     /// `mock` only: delay before each streamed chunk.
     #[serde(default)]
     pub chunk_delay_ms: Option<u64>,
+    /// `azure-openai` only: the `api-version` query parameter
+    /// ([`DEFAULT_AZURE_API_VERSION`] when not set).
+    #[serde(default)]
+    pub api_version: Option<String>,
 }
+
+/// The Azure OpenAI `api-version` used when a provider sets none: the
+/// current GA data-plane version.
+pub const DEFAULT_AZURE_API_VERSION: &str = "2024-10-21";
 
 fn default_timeout_ms() -> u64 {
     60_000
@@ -567,21 +575,23 @@ impl Config {
             } else if !provider_names.insert(p.name.as_str()) {
                 err(at("name"), format!("duplicate provider name `{}`", p.name));
             }
-            match p.kind {
-                ProviderKind::Openai | ProviderKind::Mock => {}
-                other => err(
-                    at("kind"),
-                    format!(
-                        "provider kind `{other:?}` is not supported by this version of weir (supported: openai, mock)"
-                    ),
-                ),
-            }
             if p.kind != ProviderKind::Mock {
                 match p.base_url.as_deref().or(p.kind.default_base_url()) {
+                    None if p.kind == ProviderKind::AzureOpenai => err(
+                        at("base_url"),
+                        "is required for kind = \"azure-openai\": the resource endpoint, e.g. https://NAME.openai.azure.com".into(),
+                    ),
                     None => err(at("base_url"), "is required for this kind".into()),
                     Some(url) => {
                         if let Err(reason) = check_base_url(url) {
                             err(at("base_url"), reason);
+                        } else if p.kind == ProviderKind::Anthropic
+                            && url.trim_end_matches('/').ends_with("/v1")
+                        {
+                            err(
+                                at("base_url"),
+                                format!("`{url}` must not end in /v1 for kind = \"anthropic\" (weir adds /v1/messages), e.g. https://api.anthropic.com"),
+                            );
                         }
                     }
                 }
@@ -611,6 +621,25 @@ impl Config {
             }
             if p.chunks == Some(0) {
                 err(at("chunks"), "must be at least 1".into());
+            }
+            if let Some(version) = &p.api_version {
+                if p.kind != ProviderKind::AzureOpenai {
+                    err(
+                        at("api_version"),
+                        "only applies to kind = \"azure-openai\"".into(),
+                    );
+                } else if version.is_empty()
+                    || !version
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+                {
+                    err(
+                        at("api_version"),
+                        format!(
+                            "`{version}` is not an API version like \"{DEFAULT_AZURE_API_VERSION}\""
+                        ),
+                    );
+                }
             }
         }
 

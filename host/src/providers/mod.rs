@@ -7,16 +7,28 @@
 //! One pooled HTTP client (hyper-util, keep-alive, HTTP/1.1 and HTTP/2 over
 //! rustls) serves every provider; a provider's `timeout_ms` bounds connect +
 //! response headers, `stream_idle_timeout_ms` each later read.
+//!
+//! Kinds: `openai` and `azure-openai` ([`openai`], the body passes through),
+//! `anthropic` ([`anthropic`]) and `gemini` ([`gemini`]) (translated both
+//! ways), `mock` ([`mock`]). The translating kinds share [`Translated`]: an
+//! SSE body read event by event, each event handed to the provider's
+//! [`Translate`] state machine, which queues normalized chunks. Such a stream
+//! only counts as answered once a chunk with substance (text, a tool call, a
+//! finish reason or usage) arrived: a vendor that opens with a bare
+//! `message_start` and then reports `overloaded_error` is still failed over,
+//! since nothing has reached the client yet.
 
+pub mod anthropic;
+pub mod gemini;
 pub mod mock;
 pub mod openai;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::{HeaderValue, StatusCode};
+use http::{HeaderName, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -24,9 +36,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde_json::{Map, Value};
 
-use crate::chat::{ChatChunk, ChatCompletion, ChatRequest};
+use crate::chat::open::Extra;
+use crate::chat::{ChatChunk, ChatCompletion, ChatRequest, ChunkChoice, Delta, Usage};
 use crate::config::{Config, ProviderConfig, ProviderKind};
 use crate::error::GatewayError;
+use crate::sse::{SseEvent, SseParser};
 
 /// The pooled upstream HTTP client.
 pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -68,7 +82,10 @@ pub struct Provider {
 
 #[derive(Debug)]
 enum Backend {
+    /// `openai` and `azure-openai`.
     OpenAi(openai::OpenAi),
+    Anthropic(anthropic::Anthropic),
+    Gemini(gemini::Gemini),
     Mock(mock::Mock),
 }
 
@@ -156,6 +173,8 @@ impl StreamFault {
 #[derive(Debug)]
 pub enum ChunkStream {
     OpenAi(Box<openai::ChunkReader>),
+    Anthropic(Box<Translated<anthropic::Events>>),
+    Gemini(Box<Translated<gemini::Events>>),
     Mock(mock::ChunkReader),
 }
 
@@ -164,6 +183,8 @@ impl ChunkStream {
     pub async fn next(&mut self) -> Option<Result<ChatChunk, StreamFault>> {
         match self {
             ChunkStream::OpenAi(r) => r.next().await,
+            ChunkStream::Anthropic(r) => r.next().await,
+            ChunkStream::Gemini(r) => r.next().await,
             ChunkStream::Mock(r) => r.next().await,
         }
     }
@@ -172,8 +193,11 @@ impl ChunkStream {
 impl Provider {
     fn from_config(p: &ProviderConfig) -> Provider {
         let backend = match p.kind {
+            ProviderKind::Openai => Backend::OpenAi(openai::OpenAi::new(p)),
+            ProviderKind::AzureOpenai => Backend::OpenAi(openai::OpenAi::azure(p)),
+            ProviderKind::Anthropic => Backend::Anthropic(anthropic::Anthropic::new(p)),
+            ProviderKind::Gemini => Backend::Gemini(gemini::Gemini::new(p)),
             ProviderKind::Mock => Backend::Mock(mock::Mock::new(p)),
-            _ => Backend::OpenAi(openai::OpenAi::new(p)),
         };
         Provider {
             name: p.name.clone(),
@@ -194,6 +218,8 @@ impl Provider {
     ) -> Result<ChatReply, AttemptError> {
         match &self.backend {
             Backend::OpenAi(p) => p.chat(client, self, req, model).await,
+            Backend::Anthropic(p) => p.chat(client, self, req, model).await,
+            Backend::Gemini(p) => p.chat(client, self, req, model).await,
             Backend::Mock(p) => Ok(p.chat(req, model)),
         }
     }
@@ -207,6 +233,14 @@ impl Provider {
     ) -> Result<Value, AttemptError> {
         match &self.backend {
             Backend::OpenAi(p) => p.embeddings(client, self, body, model).await,
+            Backend::Gemini(p) => p.embeddings(client, self, body, model).await,
+            Backend::Anthropic(_) => Err(AttemptError::Rejected(GatewayError::invalid(
+                "model",
+                format!(
+                    "provider `{}` is of kind `anthropic`, which has no embeddings API",
+                    self.name
+                ),
+            ))),
             Backend::Mock(p) => Ok(p.embeddings(body, model)),
         }
     }
@@ -309,31 +343,69 @@ pub async fn read_body(
     }
 }
 
-/// Turn a non-2xx upstream answer into an attempt error: failover-worthy
-/// statuses become [`AttemptError::Status`], the caller's own mistakes are
-/// relayed with the upstream's status and message in OpenAI's shape.
+/// Turn a non-2xx upstream answer in OpenAI's error shape (Anthropic's is
+/// compatible: `error.type` and `error.message`) into an attempt error.
 pub async fn status_error(status: StatusCode, body: &mut Incoming, idle: Duration) -> AttemptError {
-    let bytes = read_body(body, idle, MAX_ERROR_BODY)
+    let bytes = error_body(body, idle).await;
+    classify(status, UpstreamFailure::from_openai_body(&bytes))
+}
+
+/// Read an error body, at most [`MAX_ERROR_BODY`] bytes; empty if unreadable.
+pub async fn error_body(body: &mut Incoming, idle: Duration) -> Vec<u8> {
+    read_body(body, idle, MAX_ERROR_BODY)
         .await
-        .unwrap_or_default();
-    let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
-    let error = parsed.as_ref().and_then(|v| v.get("error"));
-    let field = |name: &str| {
-        error
-            .and_then(|e| e.get(name))
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-    };
-    let message = field("message")
-        .or_else(|| error.and_then(Value::as_str).map(str::to_owned))
-        .unwrap_or_else(|| {
-            let text = String::from_utf8_lossy(&bytes);
-            text.chars()
-                .take(300)
-                .collect::<String>()
-                .trim()
-                .to_string()
-        });
+        .unwrap_or_default()
+}
+
+/// What an upstream said about a failure, in OpenAI's terms.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UpstreamFailure {
+    pub message: String,
+    /// `error.type`.
+    pub kind: Option<String>,
+    /// `error.code`.
+    pub code: Option<String>,
+    pub param: Option<String>,
+}
+
+impl UpstreamFailure {
+    /// Read `{"error": {"message", "type", "code", "param"}}` (or
+    /// `{"error": "text"}`); anything else becomes the message, trimmed.
+    pub fn from_openai_body(bytes: &[u8]) -> UpstreamFailure {
+        let parsed: Option<Value> = serde_json::from_slice(bytes).ok();
+        let error = parsed.as_ref().and_then(|v| v.get("error"));
+        let field = |name: &str| {
+            error
+                .and_then(|e| e.get(name))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        let message = field("message")
+            .or_else(|| error.and_then(Value::as_str).map(str::to_owned))
+            .unwrap_or_else(|| body_excerpt(bytes));
+        UpstreamFailure {
+            message,
+            kind: field("type"),
+            code: field("code"),
+            param: field("param"),
+        }
+    }
+}
+
+/// The start of a body that is not a known error shape, for the message.
+pub fn body_excerpt(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    text.chars()
+        .take(300)
+        .collect::<String>()
+        .trim()
+        .to_string()
+}
+
+/// Failover-worthy statuses become [`AttemptError::Status`], the caller's own
+/// mistakes are relayed with the upstream's status and message in OpenAI's
+/// shape.
+pub fn classify(status: StatusCode, failure: UpstreamFailure) -> AttemptError {
     let retry = status == StatusCode::TOO_MANY_REQUESTS
         || status == StatusCode::REQUEST_TIMEOUT
         || status == StatusCode::UNAUTHORIZED
@@ -344,20 +416,22 @@ pub async fn status_error(status: StatusCode, body: &mut Incoming, idle: Duratio
         let message = if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             String::new()
         } else {
-            message.chars().take(200).collect()
+            failure.message.chars().take(200).collect()
         };
         return AttemptError::Status(status, message);
     }
     AttemptError::Rejected(GatewayError::UpstreamRejected {
         status,
-        message: if message.is_empty() {
+        message: if failure.message.is_empty() {
             format!("the upstream answered HTTP {}", status.as_u16())
         } else {
-            message
+            failure.message
         },
-        kind: field("type").unwrap_or_else(|| "invalid_request_error".into()),
-        code: field("code"),
-        param: field("param"),
+        kind: failure
+            .kind
+            .unwrap_or_else(|| "invalid_request_error".into()),
+        code: failure.code,
+        param: failure.param,
     })
 }
 
@@ -409,4 +483,394 @@ pub fn parse_completion(bytes: &[u8]) -> Result<ChatCompletion, AttemptError> {
 /// Limits for reading whole upstream bodies.
 pub const fn max_upstream_body() -> usize {
     MAX_UPSTREAM_BODY
+}
+
+/// Build a JSON POST to an upstream; `headers` carry the auth (sensitive
+/// values stay out of logs and `Debug`).
+pub fn post_json(
+    uri: &str,
+    body: Vec<u8>,
+    stream: bool,
+    headers: &[(&HeaderName, &HeaderValue)],
+) -> Result<http::Request<Full<Bytes>>, AttemptError> {
+    let mut builder = http::Request::builder()
+        .method(http::Method::POST)
+        .uri(uri)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(
+            http::header::ACCEPT,
+            if stream {
+                "text/event-stream"
+            } else {
+                "application/json"
+            },
+        );
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| AttemptError::Connect(format!("cannot build the request: {e}")))
+}
+
+/// Seconds since the Unix epoch, for `created`.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `id`, `created` and `model` shared by every chunk of one translated
+/// stream.
+#[derive(Debug, Clone, Default)]
+pub struct ChunkMeta {
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+}
+
+impl ChunkMeta {
+    /// A chunk with one choice.
+    pub fn chunk(&self, index: u32, delta: Delta, finish_reason: Option<String>) -> ChatChunk {
+        ChatChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk".into(),
+            created: self.created,
+            model: self.model.clone(),
+            choices: vec![ChunkChoice {
+                index,
+                delta,
+                finish_reason,
+                extra: Extra::default(),
+            }],
+            usage: None,
+            extra: Extra::default(),
+        }
+    }
+
+    /// The final usage chunk: empty `choices`, as OpenAI sends it.
+    pub fn usage_chunk(&self, usage: Usage) -> ChatChunk {
+        ChatChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk".into(),
+            created: self.created,
+            model: self.model.clone(),
+            choices: Vec::new(),
+            usage: Some(usage),
+            extra: Extra::default(),
+        }
+    }
+}
+
+/// The delta that opens a choice, as OpenAI's first chunk has it.
+pub fn role_delta() -> Delta {
+    Delta {
+        role: Some("assistant".into()),
+        content: Some(String::new()),
+        ..Default::default()
+    }
+}
+
+/// An upstream event stream, read event by event; each read is bounded by
+/// the idle timeout and nothing is buffered beyond the unfinished line.
+#[derive(Debug)]
+pub struct SseBody {
+    body: Incoming,
+    idle: Duration,
+    parser: SseParser,
+    events: VecDeque<SseEvent>,
+    scratch: Vec<SseEvent>,
+}
+
+impl SseBody {
+    /// Read `body` with `idle` as the limit for each gap.
+    pub fn new(body: Incoming, idle: Duration) -> SseBody {
+        SseBody {
+            body,
+            idle,
+            parser: SseParser::new(),
+            events: VecDeque::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// The next event; `None` when the body ended.
+    pub async fn next(&mut self) -> Option<Result<SseEvent, StreamFault>> {
+        loop {
+            if let Some(event) = self.events.pop_front() {
+                return Some(Ok(event));
+            }
+            match tokio::time::timeout(self.idle, self.body.frame()).await {
+                Err(_) => return Some(Err(StreamFault::IdleTimeout(self.idle))),
+                Ok(None) => return None,
+                Ok(Some(Err(e))) => return Some(Err(StreamFault::Read(error_chain(&e)))),
+                Ok(Some(Ok(frame))) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    if let Err(e) = self.parser.feed(&data, &mut self.scratch) {
+                        return Some(Err(StreamFault::Malformed(e.to_string())));
+                    }
+                    self.events.extend(self.scratch.drain(..));
+                }
+            }
+        }
+    }
+}
+
+/// Why a translated event could not become chunks.
+#[derive(Debug, Clone)]
+pub enum EventError {
+    /// The stream itself is broken (bad JSON, cut short…).
+    Fault(StreamFault),
+    /// The upstream reported an error in the stream, with the HTTP status it
+    /// stands for: before anything reached the client it is handled like
+    /// that status (so an overloaded upstream is failed over).
+    Upstream(StatusCode, UpstreamFailure),
+}
+
+impl EventError {
+    /// A malformed event.
+    pub fn malformed(reason: impl Into<String>) -> EventError {
+        EventError::Fault(StreamFault::Malformed(reason.into()))
+    }
+
+    /// As a failure after the first chunk.
+    pub fn into_fault(self) -> StreamFault {
+        match self {
+            EventError::Fault(fault) => fault,
+            EventError::Upstream(_, failure) => StreamFault::Upstream(failure.message),
+        }
+    }
+
+    /// As a failure before the first chunk: failover or relay.
+    pub fn into_attempt(self) -> AttemptError {
+        match self {
+            EventError::Fault(StreamFault::IdleTimeout(_)) => AttemptError::Timeout,
+            EventError::Fault(StreamFault::Read(e)) => AttemptError::Connect(e),
+            EventError::Fault(fault) => AttemptError::Malformed(fault.to_string()),
+            EventError::Upstream(status, failure) => classify(status, failure),
+        }
+    }
+}
+
+/// One provider's stream events → normalized chunks.
+pub trait Translate {
+    /// Translate one event, queueing zero or more chunks; `Ok(true)` when the
+    /// provider marked the stream complete (nothing is read after that).
+    fn event(
+        &mut self,
+        event: &SseEvent,
+        out: &mut VecDeque<ChatChunk>,
+    ) -> Result<bool, EventError>;
+
+    /// The body ended without an end event: queue the last chunks, or report
+    /// that the stream was cut short.
+    fn end(&mut self, out: &mut VecDeque<ChatChunk>) -> Result<(), StreamFault>;
+}
+
+/// A translated upstream stream: SSE events in, normalized chunks out.
+#[derive(Debug)]
+pub struct Translated<T> {
+    body: SseBody,
+    state: T,
+    queue: VecDeque<ChatChunk>,
+    /// Reported once the queued chunks before it are out.
+    error: Option<EventError>,
+    ended: bool,
+}
+
+impl<T: Translate> Translated<T> {
+    /// Read until the first chunk with substance; only then has the target
+    /// answered. Everything read so far is replayed by [`Translated::next`].
+    pub async fn start(body: Incoming, idle: Duration, state: T) -> Result<Self, AttemptError> {
+        let mut stream = Translated {
+            body: SseBody::new(body, idle),
+            state,
+            queue: VecDeque::new(),
+            error: None,
+            ended: false,
+        };
+        let mut held = VecDeque::new();
+        loop {
+            match stream.pull().await {
+                Some(Ok(chunk)) => {
+                    let substance = has_substance(&chunk);
+                    held.push_back(chunk);
+                    if substance {
+                        held.append(&mut stream.queue);
+                        stream.queue = held;
+                        return Ok(stream);
+                    }
+                }
+                Some(Err(error)) => return Err(error.into_attempt()),
+                None => {
+                    return Err(AttemptError::Malformed(
+                        "the stream ended without an answer".into(),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// The next chunk; `None` at a clean end.
+    pub async fn next(&mut self) -> Option<Result<ChatChunk, StreamFault>> {
+        self.pull().await.map(|r| r.map_err(EventError::into_fault))
+    }
+
+    async fn pull(&mut self) -> Option<Result<ChatChunk, EventError>> {
+        loop {
+            if let Some(chunk) = self.queue.pop_front() {
+                return Some(Ok(chunk));
+            }
+            if let Some(error) = self.error.take() {
+                return Some(Err(error));
+            }
+            if self.ended {
+                return None;
+            }
+            match self.body.next().await {
+                None => {
+                    self.ended = true;
+                    if let Err(fault) = self.state.end(&mut self.queue) {
+                        self.error = Some(EventError::Fault(fault));
+                    }
+                }
+                Some(Err(fault)) => {
+                    self.ended = true;
+                    self.error = Some(EventError::Fault(fault));
+                }
+                Some(Ok(event)) => match self.state.event(&event, &mut self.queue) {
+                    Ok(done) => self.ended = done,
+                    Err(error) => {
+                        self.ended = true;
+                        self.error = Some(error);
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// Does a chunk carry anything beyond the opening role?
+fn has_substance(chunk: &ChatChunk) -> bool {
+    chunk.usage.is_some()
+        || chunk.choices.iter().any(|c| {
+            c.finish_reason.is_some()
+                || c.delta.tool_calls.is_some()
+                || c.delta.content.as_deref().is_some_and(|t| !t.is_empty())
+        })
+}
+
+/// A `data:` URL split into its media type and base64 payload.
+pub fn parse_data_url(url: &str) -> Option<(&str, &str)> {
+    let rest = url.strip_prefix("data:")?;
+    let (meta, data) = rest.split_once(',')?;
+    let media_type = meta.strip_suffix(";base64")?;
+    let media_type = media_type.split(';').next().unwrap_or_default();
+    (!media_type.is_empty()).then_some((media_type, data))
+}
+
+/// Standard base64 with padding.
+pub fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for group in bytes.chunks(3) {
+        let n = group
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= group.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The text of a tool-call `arguments` string as a JSON object (`""` is `{}`).
+pub fn arguments_object(arguments: &str) -> Option<Map<String, Value>> {
+    if arguments.trim().is_empty() {
+        return Some(Map::new());
+    }
+    match serde_json::from_str(arguments) {
+        Ok(Value::Object(map)) => Some(map),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_urls() {
+        assert_eq!(
+            parse_data_url("data:image/png;base64,iVBORw0KGgo="),
+            Some(("image/png", "iVBORw0KGgo="))
+        );
+        assert_eq!(
+            parse_data_url("data:application/pdf;name=a.pdf;base64,JVBE"),
+            Some(("application/pdf", "JVBE"))
+        );
+        assert_eq!(parse_data_url("data:text/plain,hello"), None);
+        assert_eq!(parse_data_url("https://example.com/a.png"), None);
+    }
+
+    #[test]
+    fn base64_matches_the_standard() {
+        for (input, want) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64_encode(input.as_bytes()), want);
+        }
+        assert_eq!(base64_encode(&[0xff, 0xfe, 0x00]), "//4A");
+    }
+
+    #[test]
+    fn failures_are_classified_and_auth_messages_dropped() {
+        let failure = |m: &str| UpstreamFailure {
+            message: m.into(),
+            ..Default::default()
+        };
+        for s in [401, 403] {
+            let status = StatusCode::from_u16(s).unwrap();
+            match classify(status, failure("bad key sk-abc")) {
+                AttemptError::Status(got, m) => assert!(got == status && m.is_empty()),
+                other => panic!("{other:?}"),
+            }
+        }
+        for s in [408, 429, 500, 503, 529] {
+            let status = StatusCode::from_u16(s).unwrap();
+            assert!(matches!(
+                classify(status, failure("x")),
+                AttemptError::Status(..)
+            ));
+        }
+        match classify(StatusCode::BAD_REQUEST, failure("bad temperature")) {
+            AttemptError::Rejected(GatewayError::UpstreamRejected { message, kind, .. }) => {
+                assert_eq!(message, "bad temperature");
+                assert_eq!(kind, "invalid_request_error");
+            }
+            other => panic!("{other:?}"),
+        }
+        let anthropic =
+            br#"{"type":"error","error":{"type":"not_found_error","message":"model: x"}}"#;
+        let parsed = UpstreamFailure::from_openai_body(anthropic);
+        assert_eq!(parsed.message, "model: x");
+        assert_eq!(parsed.kind.as_deref(), Some("not_found_error"));
+        assert_eq!(
+            UpstreamFailure::from_openai_body(b"  <html>oops</html> ").message,
+            "<html>oops</html>"
+        );
+    }
 }

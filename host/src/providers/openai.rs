@@ -1,4 +1,8 @@
-//! OpenAI and every OpenAI-compatible server (vLLM, Ollama, Groq, Together…).
+//! OpenAI and every OpenAI-compatible server (vLLM, Ollama, Groq, Together…),
+//! and Azure OpenAI, which speaks the same body at other URLs: kind
+//! `azure-openai` posts to `{base_url}/openai/deployments/{deployment}/…
+//! ?api-version=…` (the target's `model` is the deployment name) with the key
+//! in an `api-key` header instead of `Authorization: Bearer`.
 //!
 //! The client's body is forwarded as is, with `model` set to the target's and,
 //! for streams, `stream_options.include_usage` forced on so weir can account
@@ -11,18 +15,19 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
-use http::{HeaderValue, Method, Request};
+use http::header::AUTHORIZATION;
+use http::{HeaderName, HeaderValue, Request};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use serde_json::{Map, Value};
 
 use super::{
     AttemptError, ChatReply, ChunkStream, HttpClient, Provider, StreamFault, body_with,
-    error_chain, key_from_env, max_upstream_body, parse_completion, read_body, send, status_error,
+    error_chain, key_from_env, max_upstream_body, parse_completion, post_json, read_body, send,
+    status_error,
 };
 use crate::chat::{ChatChunk, ChatRequest};
-use crate::config::{Config, ProviderConfig};
+use crate::config::{Config, DEFAULT_AZURE_API_VERSION, ProviderConfig};
 use crate::sse::{SseEvent, SseParser};
 
 /// An OpenAI-style upstream.
@@ -30,45 +35,60 @@ use crate::sse::{SseEvent, SseParser};
 pub struct OpenAi {
     /// `base_url` without a trailing slash, e.g. `https://api.openai.com/v1`.
     base: String,
-    auth: Option<HeaderValue>,
+    /// `Authorization: Bearer …`, or Azure's `api-key: …`.
+    auth: Option<(HeaderName, HeaderValue)>,
+    /// Azure OpenAI's `api-version`; `None` for plain OpenAI URLs.
+    azure_api_version: Option<String>,
 }
 
 impl OpenAi {
     /// From a validated provider config.
     pub fn new(p: &ProviderConfig) -> OpenAi {
         OpenAi {
-            base: Config::base_url(p)
-                .unwrap_or_default()
-                .trim_end_matches('/')
-                .to_string(),
-            auth: key_from_env(p.api_key_env.as_deref(), "Bearer "),
+            base: base(p),
+            auth: key_from_env(p.api_key_env.as_deref(), "Bearer ").map(|v| (AUTHORIZATION, v)),
+            azure_api_version: None,
+        }
+    }
+
+    /// An `azure-openai` provider, from a validated config.
+    pub fn azure(p: &ProviderConfig) -> OpenAi {
+        OpenAi {
+            base: base(p),
+            auth: key_from_env(p.api_key_env.as_deref(), "")
+                .map(|v| (HeaderName::from_static("api-key"), v)),
+            azure_api_version: Some(
+                p.api_version
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_AZURE_API_VERSION.into()),
+            ),
+        }
+    }
+
+    /// The URL of `operation` (`chat/completions`, `embeddings`) for `model`.
+    fn url(&self, operation: &str, model: &str) -> String {
+        match &self.azure_api_version {
+            None => format!("{}/{operation}", self.base),
+            Some(version) => format!(
+                "{}/openai/deployments/{model}/{operation}?api-version={version}",
+                self.base
+            ),
         }
     }
 
     fn request(
         &self,
-        path: &str,
+        operation: &str,
+        model: &str,
         body: Vec<u8>,
         stream: bool,
     ) -> Result<Request<Full<Bytes>>, AttemptError> {
-        let mut builder = Request::builder()
-            .method(Method::POST)
-            .uri(format!("{}{path}", self.base))
-            .header(CONTENT_TYPE, "application/json")
-            .header(
-                ACCEPT,
-                if stream {
-                    "text/event-stream"
-                } else {
-                    "application/json"
-                },
-            );
-        if let Some(auth) = &self.auth {
-            builder = builder.header(AUTHORIZATION, auth.clone());
-        }
-        builder
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| AttemptError::Connect(format!("cannot build the request: {e}")))
+        let auth: Vec<(&HeaderName, &HeaderValue)> = self
+            .auth
+            .iter()
+            .map(|(name, value)| (name, value))
+            .collect();
+        post_json(&self.url(operation, model), body, stream, &auth)
     }
 
     pub(super) async fn chat(
@@ -93,7 +113,7 @@ impl OpenAi {
         } else {
             body_with(&req.body, &[("model", &model_value)])
         };
-        let request = self.request("/chat/completions", body, req.stream)?;
+        let request = self.request("chat/completions", model, body, req.stream)?;
         let response = send(client, provider, request).await?;
         let status = response.status();
         let mut incoming = response.into_body();
@@ -129,7 +149,8 @@ impl OpenAi {
     ) -> Result<Value, AttemptError> {
         let model_value = Value::String(model.to_string());
         let request = self.request(
-            "/embeddings",
+            "embeddings",
+            model,
             body_with(body, &[("model", &model_value)]),
             false,
         )?;
@@ -145,6 +166,13 @@ impl OpenAi {
             _ => Err(AttemptError::Malformed("not an embeddings response".into())),
         }
     }
+}
+
+fn base(p: &ProviderConfig) -> String {
+    Config::base_url(p)
+        .unwrap_or_default()
+        .trim_end_matches('/')
+        .to_string()
 }
 
 /// Reads an OpenAI SSE stream chunk by chunk.
