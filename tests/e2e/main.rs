@@ -11,6 +11,7 @@ mod failover;
 mod hotswap;
 mod lifecycle;
 mod policies;
+mod providers;
 mod routing;
 mod sdk;
 mod support;

@@ -1,7 +1,8 @@
 //! Test and benchmark helpers for weir.
 //!
-//! - [`upstream`]: a scriptable mock provider that speaks OpenAI's wire
-//!   format exactly, faults included, and records what reached it.
+//! - [`upstream`]: a scriptable mock provider that speaks OpenAI's,
+//!   Anthropic's or Gemini's wire format exactly, faults included, and
+//!   records what reached it.
 //! - [`gateway`]: starts the real `weir` binary on a config, on free ports.
 //! - [`client`]: a small HTTP/SSE client over real sockets.
 
@@ -15,3 +16,5 @@
 pub mod client;
 pub mod gateway;
 pub mod upstream;
+mod upstream_anthropic;
+mod upstream_gemini;

@@ -1,13 +1,19 @@
-//! A scriptable stand-in for OpenAI (and any OpenAI-compatible server).
+//! A scriptable stand-in for the providers weir talks to: OpenAI (and any
+//! OpenAI-compatible server, Azure OpenAI included), Anthropic's Messages API
+//! and Gemini's `generateContent`, each in its exact wire format ([`Wire`]).
 //!
 //! Each test queues the replies it wants ([`Reply`]); when the queue is empty
-//! the default reply is used. Streamed answers follow OpenAI's format exactly:
-//! a role chunk, content chunks, a finish chunk, then — only if the request
-//! asked with `stream_options.include_usage` — a usage chunk with empty
-//! `choices` (and `"usage": null` on every other chunk), then `data: [DONE]`.
-//! Faults: any status with an OpenAI error body, a hang (headers never sent),
-//! a connection dropped mid-stream, malformed JSON, an error event mid-stream.
-//! Every request is recorded (path, headers, JSON body) for assertions.
+//! the default reply is used. One script serves every wire format: a
+//! [`Chat`] says what to answer (text pieces, tool calls, usage, finish
+//! reason) and each format writes it its own way. OpenAI streams: a role
+//! chunk, content chunks, a finish chunk, then — only if the request asked
+//! with `stream_options.include_usage` — a usage chunk with empty `choices`
+//! (and `"usage": null` on every other chunk), then `data: [DONE]`. The
+//! Anthropic and Gemini formats live in `upstream_anthropic.rs` and
+//! `upstream_gemini.rs`. Faults, in every format: any status with the
+//! vendor's error body, a hang (headers never sent), a connection dropped
+//! mid-stream, malformed JSON, an error event mid-stream. Every request is
+//! recorded (path, query, headers, JSON body) for assertions.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -25,7 +31,21 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+use crate::{upstream_anthropic as anthropic, upstream_gemini as gemini};
+
 type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// The wire format a mock upstream speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Wire {
+    /// OpenAI Chat Completions (also what Azure OpenAI speaks).
+    #[default]
+    OpenAi,
+    /// Anthropic's Messages API.
+    Anthropic,
+    /// Gemini's `generateContent` / `streamGenerateContent?alt=sse`.
+    Gemini,
+}
 
 /// A scripted chat answer.
 #[derive(Debug, Clone)]
@@ -34,14 +54,23 @@ pub struct Chat {
     /// `None` = echo: `"echo: <last user message>"` split into `echo_chunks`.
     pub pieces: Option<Vec<String>>,
     pub echo_chunks: usize,
-    /// Prompt and completion tokens reported.
+    /// Prompt and completion tokens reported, as the vendor counts them
+    /// (Anthropic's `input_tokens` excludes cache reads and writes; OpenAI's
+    /// and Gemini's prompt counts include cache reads).
     pub usage: (u64, u64),
     pub cached_tokens: u64,
+    /// Anthropic only: `cache_creation_input_tokens`.
+    pub cache_creation_tokens: u64,
+    /// Reasoning (Gemini: thoughts) tokens reported.
+    pub reasoning_tokens: u64,
     /// Delay before each content chunk (streams) or before answering.
     pub delay: Duration,
+    /// OpenAI's name (`stop`, `length`, `tool_calls`, `content_filter`),
+    /// written as each vendor's equivalent; any other value is sent as is
+    /// (`stop_sequence`, `refusal`, `SAFETY`…).
     pub finish_reason: String,
-    /// A tool call instead of text: name and argument pieces.
-    pub tool_call: Option<(String, Vec<String>)>,
+    /// Tool calls after the text: name and argument pieces.
+    pub tool_calls: Vec<(String, Vec<String>)>,
 }
 
 impl Default for Chat {
@@ -51,9 +80,11 @@ impl Default for Chat {
             echo_chunks: 4,
             usage: (11, 3),
             cached_tokens: 0,
+            cache_creation_tokens: 0,
+            reasoning_tokens: 0,
             delay: Duration::ZERO,
             finish_reason: "stop".into(),
-            tool_call: None,
+            tool_calls: Vec::new(),
         }
     }
 }
@@ -82,29 +113,63 @@ impl Chat {
         self
     }
 
+    /// Report these cache reads (and, for Anthropic, cache writes).
+    pub fn cache(mut self, read: u64, written: u64) -> Chat {
+        self.cached_tokens = read;
+        self.cache_creation_tokens = written;
+        self
+    }
+
+    /// Report these reasoning tokens.
+    pub fn reasoning(mut self, tokens: u64) -> Chat {
+        self.reasoning_tokens = tokens;
+        self
+    }
+
+    /// End with this finish reason (see [`Chat::finish_reason`]).
+    pub fn finish(mut self, reason: &str) -> Chat {
+        self.finish_reason = reason.into();
+        self
+    }
+
     /// Wait this long before each chunk.
     pub fn delay(mut self, delay: Duration) -> Chat {
         self.delay = delay;
         self
     }
 
-    /// Answer with a tool call.
+    /// Answer with a tool call (and no text).
     pub fn tool_call(name: &str, argument_pieces: &[&str]) -> Chat {
         Chat {
-            tool_call: Some((
-                name.into(),
-                argument_pieces.iter().map(|s| s.to_string()).collect(),
-            )),
+            pieces: Some(Vec::new()),
             finish_reason: "tool_calls".into(),
             ..Chat::default()
         }
+        .and_tool_call(name, argument_pieces)
     }
 
-    fn pieces_for(&self, request: &Value) -> Vec<String> {
+    /// Add another tool call.
+    pub fn and_tool_call(mut self, name: &str, argument_pieces: &[&str]) -> Chat {
+        self.tool_calls.push((
+            name.into(),
+            argument_pieces.iter().map(|s| s.to_string()).collect(),
+        ));
+        self.finish_reason = "tool_calls".into();
+        self
+    }
+
+    /// Say these pieces before the tool calls.
+    pub fn with_text(mut self, pieces: &[&str]) -> Chat {
+        self.pieces = Some(pieces.iter().map(|s| s.to_string()).collect());
+        self
+    }
+
+    /// The content pieces for a request whose last user text is `last_user`.
+    pub fn pieces_for(&self, last_user: &str) -> Vec<String> {
         if let Some(p) = &self.pieces {
             return p.clone();
         }
-        let text = format!("echo: {}", last_user_text(request));
+        let text = format!("echo: {last_user}");
         let chars: Vec<char> = text.chars().collect();
         let n = self.echo_chunks.max(1).min(chars.len().max(1));
         (0..n)
@@ -161,6 +226,7 @@ impl Reply {
                 "server_error",
             ),
         };
+        let message = if status == 529 { "Overloaded" } else { message };
         Reply::Error {
             status,
             message: message.into(),
@@ -174,12 +240,15 @@ impl Reply {
 pub struct Received {
     pub method: String,
     pub path: String,
+    /// The query string (`""` when none).
+    pub query: String,
     pub headers: HeaderMap,
     pub body: Value,
 }
 
 #[derive(Default)]
 struct Shared {
+    wire: Wire,
     /// Benchmarks turn recording off so memory stays flat.
     no_record: std::sync::atomic::AtomicBool,
     script: Mutex<VecDeque<Reply>>,
@@ -208,16 +277,45 @@ impl MockUpstream {
 
     /// Start on a given address.
     pub async fn start_on(addr: SocketAddr) -> MockUpstream {
+        Self::start_wire(addr, Wire::OpenAi).await
+    }
+
+    /// An Anthropic Messages API stand-in on a free loopback port.
+    pub async fn anthropic() -> MockUpstream {
+        Self::start_wire("127.0.0.1:0".parse().unwrap(), Wire::Anthropic).await
+    }
+
+    /// A Gemini API stand-in on a free loopback port.
+    pub async fn gemini() -> MockUpstream {
+        Self::start_wire("127.0.0.1:0".parse().unwrap(), Wire::Gemini).await
+    }
+
+    /// Start speaking `wire` on a given address.
+    pub async fn start_wire(addr: SocketAddr, wire: Wire) -> MockUpstream {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            wire,
+            ..Shared::default()
+        });
         let task = tokio::spawn(serve(listener, shared.clone()));
         MockUpstream { addr, shared, task }
     }
 
-    /// The OpenAI-style base URL (`http://127.0.0.1:PORT/v1`).
+    /// The base URL as the provider kind's config wants it: OpenAI-style
+    /// `http://127.0.0.1:PORT/v1`, Anthropic's without `/v1`, Gemini's with
+    /// `/v1beta`.
     pub fn base_url(&self) -> String {
-        format!("http://{}/v1", self.addr)
+        match self.shared.wire {
+            Wire::OpenAi => format!("http://{}/v1", self.addr),
+            Wire::Anthropic => format!("http://{}", self.addr),
+            Wire::Gemini => format!("http://{}/v1beta", self.addr),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`, e.g. an Azure OpenAI resource endpoint.
+    pub fn root_url(&self) -> String {
+        format!("http://{}", self.addr)
     }
 
     /// Queue a reply for the next request.
@@ -273,6 +371,7 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 async fn answer(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or_default().to_string();
     let headers = req.headers().clone();
     let bytes = req
         .into_body()
@@ -285,6 +384,7 @@ async fn answer(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
         shared.received.lock().unwrap().push(Received {
             method,
             path: path.clone(),
+            query,
             headers,
             body: body.clone(),
         });
@@ -296,41 +396,89 @@ async fn answer(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
         .pop_front()
         .or_else(|| shared.default.lock().unwrap().clone())
         .unwrap_or(Reply::Chat(Chat::default()));
-    if path.ends_with("/embeddings") && matches!(reply, Reply::Chat(_)) {
-        return embeddings(&body);
+    let wire = shared.wire;
+    if matches!(reply, Reply::Chat(_)) {
+        if path.ends_with("/embeddings") {
+            return embeddings(&body);
+        }
+        if path.ends_with(":batchEmbedContents") {
+            return json_response(200, gemini::embeddings(&body).to_string());
+        }
     }
-    let stream = body["stream"].as_bool().unwrap_or(false);
+    let stream = match wire {
+        Wire::Gemini => path.ends_with(":streamGenerateContent"),
+        _ => body["stream"].as_bool().unwrap_or(false),
+    };
+    // OpenAI streams end with `[DONE]`; the others just close.
+    let clean_end = match wire {
+        Wire::OpenAi => Tail::Done,
+        _ => Tail::End,
+    };
+    let events = |chat: &Chat| match wire {
+        Wire::OpenAi => openai_events(chat, &body),
+        Wire::Anthropic => anthropic::events(chat, &body),
+        Wire::Gemini => gemini::events(chat, &body),
+    };
     match reply {
-        Reply::Chat(chat) if stream => sse(chat_events(&chat, &body), chat.delay, Tail::Done),
+        Reply::Chat(chat) if stream => sse(events(&chat), chat.delay, clean_end),
         Reply::Chat(chat) => {
             if !chat.delay.is_zero() {
                 tokio::time::sleep(chat.delay).await;
             }
-            json_response(200, completion(&chat, &body).to_string())
+            let answer = match wire {
+                Wire::OpenAi => completion(&chat, &body),
+                Wire::Anthropic => anthropic::message(&chat, &body),
+                Wire::Gemini => gemini::response(&chat, &body),
+            };
+            json_response(200, answer.to_string())
         }
         Reply::Error {
             status,
             message,
             code,
-        } => json_response(
-            status,
-            json!({"error": {"message": message, "type": error_type(status), "param": null, "code": code}})
-                .to_string(),
-        ),
+        } => {
+            let error = match wire {
+                Wire::OpenAi => {
+                    json!({"error": {"message": message, "type": error_type(status), "param": null, "code": code}})
+                }
+                Wire::Anthropic => anthropic::error_body(status, &message),
+                Wire::Gemini => gemini::error_body(status, &message),
+            };
+            json_response(status, error.to_string())
+        }
         Reply::Hang => std::future::pending().await,
-        Reply::DropAfter(chat, n) => sse(first_content(&chat, &body, n), chat.delay, Tail::Drop),
-        Reply::StallAfter(chat, n) => sse(first_content(&chat, &body, n), chat.delay, Tail::Stall),
+        Reply::DropAfter(chat, n) => sse(first_content(events(&chat), n), chat.delay, Tail::Drop),
+        Reply::StallAfter(chat, n) => sse(first_content(events(&chat), n), chat.delay, Tail::Stall),
         Reply::ErrorEventAfter(chat, n) => {
-            let mut events = first_content(&chat, &body, n);
+            let mut events = first_content(events(&chat), n);
             events.push((
                 false,
-                json!({"error": {"message": "The server had an error while processing your request", "type": "server_error", "param": null, "code": null}})
-                    .to_string(),
+                match wire {
+                    Wire::OpenAi => data_event(
+                        &json!({"error": {"message": "The server had an error while processing your request", "type": "server_error", "param": null, "code": null}}),
+                    ),
+                    Wire::Anthropic => anthropic::error_event(),
+                    Wire::Gemini => gemini::error_event(),
+                },
             ));
             sse(events, chat.delay, Tail::End)
         }
-        Reply::Malformed if stream => sse(vec![(false, "{\"id\": \"x\", \"choices\": [".into())], Duration::ZERO, Tail::Done),
-        Reply::Malformed => json_response(200, "{\"id\": \"chatcmpl-1\", \"choices\": [".into()),
+        Reply::Malformed if stream => {
+            let event = match wire {
+                Wire::OpenAi => "data: {\"id\": \"x\", \"choices\": [\n\n".to_string(),
+                Wire::Anthropic => anthropic::MALFORMED_EVENT.to_string(),
+                Wire::Gemini => gemini::MALFORMED_EVENT.to_string(),
+            };
+            sse(vec![(false, event)], Duration::ZERO, clean_end)
+        }
+        Reply::Malformed => {
+            let body = match wire {
+                Wire::OpenAi => "{\"id\": \"chatcmpl-1\", \"choices\": [",
+                Wire::Anthropic => anthropic::MALFORMED_BODY,
+                Wire::Gemini => gemini::MALFORMED_BODY,
+            };
+            json_response(200, body.into())
+        }
         Reply::Raw {
             status,
             content_type,
@@ -353,6 +501,11 @@ async fn answer(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
             r
         }
     }
+}
+
+/// One `data:` event of an SSE stream.
+pub(crate) fn data_event(data: &Value) -> String {
+    format!("data: {data}\n\n")
 }
 
 fn error_type(status: u16) -> &'static str {
@@ -378,13 +531,18 @@ fn json_response(status: u16, body: String) -> Response<Body> {
     r
 }
 
-fn last_user_text(request: &Value) -> String {
+/// The last user message of a request with `messages` (OpenAI, Anthropic).
+pub(crate) fn last_user_message(request: &Value) -> Option<&Value> {
     request["messages"]
         .as_array()
         .into_iter()
         .flatten()
         .rev()
         .find(|m| m["role"] == "user")
+}
+
+fn last_user_text(request: &Value) -> String {
+    last_user_message(request)
         .and_then(|m| m["content"].as_str())
         .unwrap_or_default()
         .to_string()
@@ -397,21 +555,27 @@ fn usage_json(chat: &Chat) -> Value {
         "completion_tokens": c,
         "total_tokens": p + c,
         "prompt_tokens_details": {"cached_tokens": chat.cached_tokens, "audio_tokens": 0},
-        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0, "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}
+        "completion_tokens_details": {"reasoning_tokens": chat.reasoning_tokens, "audio_tokens": 0, "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}
     })
 }
 
 fn completion(chat: &Chat, request: &Value) -> Value {
-    let message = match &chat.tool_call {
-        Some((name, args)) => json!({
+    let text = chat.pieces_for(&last_user_text(request)).concat();
+    let message = if chat.tool_calls.is_empty() {
+        json!({"role": "assistant", "content": text, "refusal": null})
+    } else {
+        let calls: Vec<Value> = chat
+            .tool_calls
+            .iter()
+            .enumerate()
+            .map(|(k, (name, args))| json!({"id": tool_id(k), "type": "function", "function": {"name": name, "arguments": args.concat()}}))
+            .collect();
+        json!({
             "role": "assistant",
-            "content": null,
-            "tool_calls": [{"id": "call_abc123", "type": "function", "function": {"name": name, "arguments": args.concat()}}],
+            "content": if text.is_empty() { Value::Null } else { json!(text) },
+            "tool_calls": calls,
             "refusal": null
-        }),
-        None => {
-            json!({"role": "assistant", "content": chat.pieces_for(request).concat(), "refusal": null})
-        }
+        })
     };
     json!({
         "id": "chatcmpl-upstream1",
@@ -424,8 +588,17 @@ fn completion(chat: &Chat, request: &Value) -> Value {
     })
 }
 
-/// (delayed, data) pairs: content chunks are delayed.
-fn chat_events(chat: &Chat, request: &Value) -> Vec<(bool, String)> {
+/// OpenAI's id for tool call `k` (the first is `call_abc123`).
+fn tool_id(k: usize) -> String {
+    if k == 0 {
+        "call_abc123".into()
+    } else {
+        format!("call_abc123_{k}")
+    }
+}
+
+/// (delayed, event) pairs: content chunks are delayed.
+fn openai_events(chat: &Chat, request: &Value) -> Vec<(bool, String)> {
     let include_usage = request["stream_options"]["include_usage"]
         .as_bool()
         .unwrap_or(false);
@@ -442,46 +615,53 @@ fn chat_events(chat: &Chat, request: &Value) -> Vec<(bool, String)> {
         if include_usage {
             c["usage"] = Value::Null;
         }
-        c.to_string()
+        data_event(&c)
     };
+    let header = |k: usize, name: &str| json!([{"index": k, "id": tool_id(k), "type": "function", "function": {"name": name, "arguments": ""}}]);
+    let pieces = chat.pieces_for(&last_user_text(request));
     let mut events = Vec::new();
-    match &chat.tool_call {
-        Some((name, args)) => {
+    // Without text, the first tool call opens in the role chunk, as OpenAI does.
+    match chat.tool_calls.first() {
+        Some((name, _)) if pieces.is_empty() => events.push((
+            false,
+            chunk(
+                json!({"role": "assistant", "content": null, "tool_calls": header(0, name), "refusal": null}),
+                Value::Null,
+            ),
+        )),
+        _ => events.push((
+            false,
+            chunk(
+                json!({"role": "assistant", "content": "", "refusal": null}),
+                Value::Null,
+            ),
+        )),
+    }
+    for p in &pieces {
+        events.push((true, chunk(json!({"content": p}), Value::Null)));
+    }
+    for (k, (name, args)) in chat.tool_calls.iter().enumerate() {
+        if k > 0 || !pieces.is_empty() {
             events.push((
                 false,
-                chunk(
-                    json!({"role": "assistant", "content": null, "tool_calls": [{"index": 0, "id": "call_abc123", "type": "function", "function": {"name": name, "arguments": ""}}], "refusal": null}),
-                    Value::Null,
-                ),
+                chunk(json!({"tool_calls": header(k, name)}), Value::Null),
             ));
-            for a in args {
-                events.push((
-                    true,
-                    chunk(
-                        json!({"tool_calls": [{"index": 0, "function": {"arguments": a}}]}),
-                        Value::Null,
-                    ),
-                ));
-            }
         }
-        None => {
+        for a in args {
             events.push((
-                false,
+                true,
                 chunk(
-                    json!({"role": "assistant", "content": "", "refusal": null}),
+                    json!({"tool_calls": [{"index": k, "function": {"arguments": a}}]}),
                     Value::Null,
                 ),
             ));
-            for p in chat.pieces_for(request) {
-                events.push((true, chunk(json!({"content": p}), Value::Null)));
-            }
         }
     }
     events.push((false, chunk(json!({}), json!(chat.finish_reason))));
     if include_usage {
         events.push((
             false,
-            json!({
+            data_event(&json!({
                 "id": "chatcmpl-upstream1",
                 "object": "chat.completion.chunk",
                 "created": 1_700_000_000,
@@ -489,16 +669,25 @@ fn chat_events(chat: &Chat, request: &Value) -> Vec<(bool, String)> {
                 "system_fingerprint": "fp_mock",
                 "choices": [],
                 "usage": usage_json(chat),
-            })
-            .to_string(),
+            })),
         ));
     }
     events
 }
 
-/// The role chunk and the first `n` content chunks.
-fn first_content(chat: &Chat, request: &Value, n: usize) -> Vec<(bool, String)> {
-    chat_events(chat, request).into_iter().take(n + 1).collect()
+/// The events up to and including the `n`th content event (for `n = 0`,
+/// those before the first content event).
+fn first_content(events: Vec<(bool, String)>, n: usize) -> Vec<(bool, String)> {
+    let mut seen = 0;
+    let mut out = Vec::new();
+    for (content, event) in events {
+        if seen == n && (content || n > 0) {
+            break;
+        }
+        seen += usize::from(content);
+        out.push((content, event));
+    }
+    out
 }
 
 enum Tail {
@@ -512,10 +701,11 @@ enum Tail {
     Stall,
 }
 
+/// Stream whole SSE events (`(delayed, text)`), then end as `tail` says.
 fn sse(events: Vec<(bool, String)>, delay: Duration, tail: Tail) -> Response<Body> {
     let mut frames: VecDeque<(bool, Bytes)> = events
         .into_iter()
-        .map(|(delayed, data)| (delayed, Bytes::from(format!("data: {data}\n\n"))))
+        .map(|(delayed, event)| (delayed, Bytes::from(event)))
         .collect();
     if let Tail::Done = tail {
         frames.push_back((false, Bytes::from_static(b"data: [DONE]\n\n")));
