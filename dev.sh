@@ -78,6 +78,12 @@ case "$cmd" in
             log "installing the openai Python SDK (the SDK compatibility test drives weir with it)"
             python3 -m pip install --quiet --disable-pip-version-check openai
         fi
+        if ! command -v redis-server >/dev/null; then
+            log "installing redis-server (Debian package) for the multi-instance tests"
+            sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+            $sudo apt-get install -y redis-server >/dev/null 2>&1 ||
+                { $sudo apt-get update >/dev/null && $sudo apt-get install -y redis-server >/dev/null; }
+        fi
         build_wasm with-test-guests
         build_host
         log "running every test (release profile: shares the build above)"

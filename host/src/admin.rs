@@ -34,6 +34,7 @@ pub async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Body>
             );
             response
         }
+        (Method::GET, "/admin/usage") => usage(gw, req.uri().query()).await,
         (Method::GET, "/admin/policies") => {
             json_response(StatusCode::OK, gw.policy_listing().to_string())
         }
@@ -89,6 +90,88 @@ pub async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Body>
             path: path.to_string(),
         }),
     }
+}
+
+/// `GET /admin/usage[?key=NAME]`: requests, tokens and USD per key and
+/// model (SPEC §8).
+async fn usage(gw: &Arc<Gateway>, query: Option<&str>) -> Response<Body> {
+    use std::collections::BTreeMap;
+
+    use crate::state::UsageTotals;
+
+    let wanted = query.and_then(|q| {
+        q.split('&')
+            .find_map(|pair| pair.strip_prefix("key="))
+            .map(percent_decode)
+    });
+    let mut per_key: BTreeMap<String, BTreeMap<String, UsageTotals>> = BTreeMap::new();
+    for (key, model, totals) in gw.ledger().usage().await {
+        per_key.entry(key).or_default().insert(model, totals);
+    }
+    let fields = |t: &UsageTotals| {
+        json!({
+            "requests": t.requests,
+            "input_tokens": t.input_tokens,
+            "output_tokens": t.output_tokens,
+            "cached_input_tokens": t.cached_input_tokens,
+            "cost_usd": t.micro_usd as f64 / 1e6,
+        })
+    };
+    let entry = |key: &str, models: &BTreeMap<String, UsageTotals>| {
+        let total = models
+            .values()
+            .fold(UsageTotals::default(), |acc, t| acc.plus(t));
+        let mut v = fields(&total);
+        v["key"] = json!(key);
+        v["models"] = json!(
+            models
+                .iter()
+                .map(|(m, t)| (m.clone(), fields(t)))
+                .collect::<serde_json::Map<_, _>>()
+        );
+        v
+    };
+    match wanted {
+        Some(key) => {
+            let known = gw.config().config.keys.iter().any(|k| k.name == key);
+            match per_key.get(&key) {
+                Some(models) => json_response(StatusCode::OK, entry(&key, models).to_string()),
+                None if known => {
+                    json_response(StatusCode::OK, entry(&key, &BTreeMap::new()).to_string())
+                }
+                None => error_response(&GatewayError::NotFound {
+                    method: "GET".into(),
+                    path: format!("/admin/usage?key={key} (no such key and no usage recorded)"),
+                }),
+            }
+        }
+        None => {
+            let list: Vec<_> = per_key.iter().map(|(k, m)| entry(k, m)).collect();
+            json_response(StatusCode::OK, serde_json::Value::Array(list).to_string())
+        }
+    }
+}
+
+/// Decode `%XX` escapes and `+` in a query value.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                Ok(b) => {
+                    out.push(b);
+                    i += 2;
+                }
+                Err(_) => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// 422 with every failure listed.

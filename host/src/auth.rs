@@ -11,7 +11,7 @@ use std::sync::Arc;
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
 
-use crate::config::Config;
+use crate::config::{BudgetPeriod, Config};
 use crate::error::GatewayError;
 
 /// A virtual key as the rest of the gateway sees it.
@@ -24,12 +24,23 @@ pub struct VirtualKey {
     pub requests_per_minute: Option<u64>,
     /// Integer micro-USD.
     pub budget_micro_usd: Option<u64>,
+    pub budget_period: BudgetPeriod,
+    /// Per-model (tokens, requests) per minute.
+    pub model_limits: HashMap<String, (Option<u64>, Option<u64>)>,
 }
 
 impl VirtualKey {
     /// May this key use `model`?
     pub fn allows(&self, model: &str) -> bool {
         self.models.as_ref().is_none_or(|m| m.contains(model))
+    }
+
+    /// Does anything need reserving for this key and model?
+    pub fn limited(&self, model: &str) -> bool {
+        self.tokens_per_minute.is_some()
+            || self.requests_per_minute.is_some()
+            || self.budget_micro_usd.is_some()
+            || self.model_limits.contains_key(model)
     }
 }
 
@@ -92,6 +103,17 @@ impl KeyStore {
                     tokens_per_minute: k.tokens_per_minute,
                     requests_per_minute: k.requests_per_minute,
                     budget_micro_usd: k.budget_usd.map(|usd| (usd * 1e6).round() as u64),
+                    budget_period: k.budget_period,
+                    model_limits: k
+                        .limits
+                        .iter()
+                        .map(|l| {
+                            (
+                                l.model.clone(),
+                                (l.tokens_per_minute, l.requests_per_minute),
+                            )
+                        })
+                        .collect(),
                 };
                 Some((digest, Arc::new(key)))
             })

@@ -13,7 +13,7 @@ use tracing::{error, info};
 use crate::config::{Config, ConfigError, ConfigErrors};
 use crate::gateway::Gateway;
 use crate::gateway::policies::{self, PolicySet};
-use crate::policy::{EngineOptions, MemoryKv, PolicyRuntime};
+use crate::policy::{EngineOptions, KvStore, MemoryKv, PolicyRuntime};
 use crate::telemetry::{self, LogFormat};
 
 /// weir, an AI gateway.
@@ -120,13 +120,13 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
     }
 }
 
-/// The policy engine for `config`.
-fn policy_runtime(config: &Config) -> anyhow::Result<Arc<PolicyRuntime>> {
+/// The policy engine for `config`; policies' key-value store is `kv`.
+fn policy_runtime(config: &Config, kv: Arc<dyn KvStore>) -> anyhow::Result<Arc<PolicyRuntime>> {
     let options = EngineOptions {
         instances: config.server.policy_instances,
         ..EngineOptions::default()
     };
-    PolicyRuntime::new(&options, Arc::new(MemoryKv::default()))
+    PolicyRuntime::new(&options, kv)
 }
 
 /// Load the config's policies, or every load error as config errors.
@@ -162,7 +162,7 @@ fn check(path: &Path) -> ExitCode {
         return ExitCode::from(1);
     };
     let loaded = rt.block_on(async {
-        let runtime = policy_runtime(&config)?;
+        let runtime = policy_runtime(&config, Arc::new(MemoryKv::default()))?;
         Ok::<_, anyhow::Error>(load_policies(&runtime, &config, &path.display().to_string()).await)
     });
     match loaded {
@@ -255,12 +255,14 @@ fn serve(
     );
     let result = rt.block_on(async {
         let metrics = crate::metrics::install()?;
-        let runtime = policy_runtime(&config)?;
+        let ledger = crate::state::open(&config).await?;
+        info!(backend = ?config.state.backend, "state backend ready");
+        let runtime = policy_runtime(&config, ledger.kv())?;
         let policies = match load_policies(&runtime, &config, &file).await {
             Ok(set) => set,
             Err(errors) => return Ok(Err(errors)),
         };
-        let gateway = Gateway::new(config, Some(metrics), runtime, policies)?;
+        let gateway = Gateway::new(config, Some(metrics), runtime, policies, ledger)?;
         crate::server::run(gateway).await.map(Ok)
     });
     match result {

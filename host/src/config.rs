@@ -358,6 +358,33 @@ pub struct KeyConfig {
     pub requests_per_minute: Option<u64>,
     #[serde(default)]
     pub budget_usd: Option<f64>,
+    /// The period a budget covers (default: total).
+    #[serde(default)]
+    pub budget_period: BudgetPeriod,
+    /// Per-model limits, on top of the key's own.
+    #[serde(default)]
+    pub limits: Vec<ModelLimit>,
+}
+
+/// How long a budget lasts before it starts again (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BudgetPeriod {
+    #[default]
+    Total,
+    Daily,
+    Monthly,
+}
+
+/// `limits = [{ model = "chat", tokens_per_minute = 1000 }]` in a key.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelLimit {
+    pub model: String,
+    #[serde(default)]
+    pub tokens_per_minute: Option<u64>,
+    #[serde(default)]
+    pub requests_per_minute: Option<u64>,
 }
 
 /// Policy kinds, one WIT world each.
@@ -725,7 +752,10 @@ impl Config {
             }
             for (j, t) in m.targets.iter().enumerate() {
                 if !(t.weight.is_finite() && t.weight > 0.0) {
-                    err(format!("models[{i}].targets[{j}].weight"), "must be a positive number".into());
+                    err(
+                        format!("models[{i}].targets[{j}].weight"),
+                        "must be a positive number".into(),
+                    );
                 }
             }
         }
@@ -764,6 +794,20 @@ impl Config {
             }
             if k.requests_per_minute == Some(0) {
                 err(at("requests_per_minute"), "must be greater than 0".into());
+            }
+            for (j, l) in k.limits.iter().enumerate() {
+                if !model_names.contains(l.model.as_str()) {
+                    err(
+                        format!("keys[{i}].limits[{j}].model"),
+                        format!("no model named `{}`", l.model),
+                    );
+                }
+                if l.tokens_per_minute == Some(0) || l.requests_per_minute == Some(0) {
+                    err(
+                        format!("keys[{i}].limits[{j}]"),
+                        "limits must be greater than 0".into(),
+                    );
+                }
             }
             if let Some(b) = k.budget_usd
                 && !(b.is_finite() && b >= 0.0)

@@ -23,5 +23,6 @@ pub mod providers;
 pub mod routing;
 pub mod server;
 pub mod sse;
+pub mod state;
 pub mod telemetry;
 pub mod tokens;

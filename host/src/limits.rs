@@ -1,24 +1,19 @@
-//! Per-key request and token rate limits and budgets (SPEC §8).
+//! Sliding one-minute windows for request and token rate limits, and the
+//! `x-ratelimit-*` headers they produce (SPEC §8).
 //!
-//! Every request reserves up front — one request, its estimated tokens and
-//! its estimated cost — and settles on the provider's reported usage when it
-//! ends, so concurrent requests cannot overshoot a limit by more than one
-//! request's estimate. Windows slide over the last 60 seconds in one-second
-//! buckets: exact to a second, 60 counters per key, and a check is a sum over
-//! at most 60 small structs under a mutex held for well under a microsecond.
+//! A window is 60 one-second buckets of (requests, tokens): exact to a
+//! second, 60 small counters per window, and a check is a sum over them
+//! under a mutex held for well under a microsecond. Buckets are keyed by
+//! Unix second so the in-memory windows and the Redis ones (see
+//! `state::redis`) agree on what "the last minute" is.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::HeaderValue;
-use parking_lot::Mutex;
 
-use crate::auth::VirtualKey;
-use crate::error::GatewayError;
-
-const WINDOW_SECS: u64 = 60;
+/// Seconds in a window.
+pub const WINDOW_SECS: u64 = 60;
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Bucket {
@@ -27,43 +22,40 @@ struct Bucket {
     tokens: u64,
 }
 
-#[derive(Debug)]
-struct KeyState {
+/// One window's buckets.
+#[derive(Debug, Clone)]
+pub struct Window {
     buckets: [Bucket; WINDOW_SECS as usize],
-    spent_micro_usd: u64,
-    reserved_micro_usd: u64,
 }
 
-impl Default for KeyState {
+impl Default for Window {
     fn default() -> Self {
-        KeyState {
+        Window {
             buckets: [Bucket::default(); WINDOW_SECS as usize],
-            spent_micro_usd: 0,
-            reserved_micro_usd: 0,
         }
     }
 }
 
-impl KeyState {
+/// Why a window cannot take a reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Full {
+    Requests { limit: u64, retry_after: Duration },
+    Tokens { limit: u64, retry_after: Duration },
+}
+
+impl Window {
     fn live(&self, now: u64) -> impl Iterator<Item = &Bucket> {
         self.buckets
             .iter()
             .filter(move |b| b.second + WINDOW_SECS > now && (b.requests > 0 || b.tokens > 0))
     }
 
-    fn bucket(&mut self, now: u64) -> &mut Bucket {
-        let b = &mut self.buckets[(now % WINDOW_SECS) as usize];
-        if b.second != now {
-            *b = Bucket {
-                second: now,
-                ..Bucket::default()
-            };
-        }
-        b
+    /// (requests, tokens) in the last minute.
+    pub fn used(&self, now: u64) -> (u64, u64) {
+        self.live(now)
+            .fold((0, 0), |(r, t), b| (r + b.requests, t + b.tokens))
     }
 
-    /// When enough of the window has slid out for `need` more to fit under
-    /// `limit`, with `used` counted by `of`.
     fn wait_for(&self, now: u64, used: u64, need: u64, limit: u64, of: fn(&Bucket) -> u64) -> u64 {
         let mut live: Vec<&Bucket> = self.live(now).collect();
         live.sort_by_key(|b| b.second);
@@ -76,16 +68,90 @@ impl KeyState {
         }
         WINDOW_SECS
     }
+
+    /// Check that one more request of `tokens` fits under the limits.
+    pub fn check(
+        &self,
+        now: u64,
+        tokens: u64,
+        tpm: Option<u64>,
+        rpm: Option<u64>,
+    ) -> Result<(), Full> {
+        let (requests, used_tokens) = self.used(now);
+        if let Some(limit) = rpm
+            && requests + 1 > limit
+        {
+            let wait = self.wait_for(now, requests, 1, limit, |b| b.requests);
+            return Err(Full::Requests {
+                limit,
+                retry_after: Duration::from_secs(wait),
+            });
+        }
+        if let Some(limit) = tpm
+            && used_tokens + tokens > limit
+        {
+            let wait = if tokens > limit {
+                WINDOW_SECS
+            } else {
+                self.wait_for(now, used_tokens, tokens, limit, |b| b.tokens)
+            };
+            return Err(Full::Tokens {
+                limit,
+                retry_after: Duration::from_secs(wait),
+            });
+        }
+        Ok(())
+    }
+
+    /// Add a request of `tokens` at second `now`.
+    pub fn add(&mut self, now: u64, requests: u64, tokens: u64) {
+        let b = &mut self.buckets[(now % WINDOW_SECS) as usize];
+        if b.second != now {
+            *b = Bucket {
+                second: now,
+                ..Bucket::default()
+            };
+        }
+        b.requests += requests;
+        b.tokens += tokens;
+    }
+
+    /// Replace `reserved` tokens charged at `second` with `actual`.
+    pub fn settle(&mut self, now: u64, second: u64, reserved: u64, actual: u64) {
+        let b = &mut self.buckets[(second % WINDOW_SECS) as usize];
+        if b.second == second && second + WINDOW_SECS > now {
+            b.tokens = (b.tokens + actual).saturating_sub(reserved);
+        }
+    }
+
+    /// Seconds until the window is empty again.
+    pub fn reset(&self, now: u64) -> Duration {
+        Duration::from_secs(
+            self.live(now)
+                .map(|b| b.second + WINDOW_SECS - now)
+                .max()
+                .unwrap_or(0),
+        )
+    }
 }
 
-/// What a key has left, for `x-ratelimit-*` headers.
-#[derive(Debug, Clone, Default)]
+/// What a key has left, for `x-ratelimit-*` headers: (limit, remaining,
+/// reset) for requests and tokens.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RateInfo {
     pub requests: Option<(u64, u64, Duration)>,
     pub tokens: Option<(u64, u64, Duration)>,
 }
 
 impl RateInfo {
+    /// Standing of a window with `used` (requests, tokens) after reserving.
+    pub fn of(tpm: Option<u64>, rpm: Option<u64>, used: (u64, u64), reset: Duration) -> RateInfo {
+        RateInfo {
+            requests: rpm.map(|l| (l, l.saturating_sub(used.0), reset)),
+            tokens: tpm.map(|l| (l, l.saturating_sub(used.1), reset)),
+        }
+    }
+
     /// OpenAI's `x-ratelimit-*` headers.
     pub fn headers(&self) -> Vec<(&'static str, HeaderValue)> {
         let mut out = Vec::new();
@@ -107,143 +173,6 @@ impl RateInfo {
             }
         }
         out
-    }
-}
-
-/// A request's hold on its key's limits, settled when the request ends.
-#[derive(Debug)]
-pub struct Reservation {
-    key: Arc<VirtualKey>,
-    second: u64,
-    tokens: u64,
-    cost_micro_usd: u64,
-    /// The key's standing right after this reservation.
-    pub info: RateInfo,
-}
-
-/// The limiter for every key.
-#[derive(Debug)]
-pub struct Limiter {
-    start: Instant,
-    keys: Mutex<HashMap<String, KeyState>>,
-}
-
-impl Default for Limiter {
-    fn default() -> Self {
-        Limiter {
-            start: Instant::now(),
-            keys: Mutex::default(),
-        }
-    }
-}
-
-impl Limiter {
-    fn now(&self) -> u64 {
-        self.start.elapsed().as_secs()
-    }
-
-    /// Reserve one request, `tokens` and `cost_micro_usd` for `key`, or say
-    /// why it does not fit. Keys without limits or budget reserve nothing.
-    pub fn reserve(
-        &self,
-        key: &Arc<VirtualKey>,
-        tokens: u64,
-        cost_micro_usd: u64,
-    ) -> Result<Option<Reservation>, GatewayError> {
-        if key.requests_per_minute.is_none()
-            && key.tokens_per_minute.is_none()
-            && key.budget_micro_usd.is_none()
-        {
-            return Ok(None);
-        }
-        let now = self.now();
-        let mut keys = self.keys.lock();
-        let state = keys.entry(key.name.clone()).or_default();
-        let (used_requests, used_tokens) = state
-            .live(now)
-            .fold((0, 0), |(r, t), b| (r + b.requests, t + b.tokens));
-
-        if let Some(limit) = key.requests_per_minute
-            && used_requests + 1 > limit
-        {
-            let wait = state.wait_for(now, used_requests, 1, limit, |b| b.requests);
-            return Err(GatewayError::RateLimited {
-                message: format!(
-                    "rate limit reached for key `{}`: {limit} requests per minute",
-                    key.name
-                ),
-                retry_after: Duration::from_secs(wait),
-            });
-        }
-        if let Some(limit) = key.tokens_per_minute
-            && used_tokens + tokens > limit
-        {
-            let wait = if tokens > limit {
-                WINDOW_SECS
-            } else {
-                state.wait_for(now, used_tokens, tokens, limit, |b| b.tokens)
-            };
-            return Err(GatewayError::RateLimited {
-                message: format!(
-                    "rate limit reached for key `{}`: {limit} tokens per minute, this request needs an estimated {tokens}",
-                    key.name
-                ),
-                retry_after: Duration::from_secs(wait),
-            });
-        }
-        if let Some(budget) = key.budget_micro_usd
-            && state.spent_micro_usd + state.reserved_micro_usd + cost_micro_usd > budget
-        {
-            return Err(GatewayError::InsufficientQuota(format!(
-                "the budget of key `{}` is spent: ${:.6} of ${:.6} used",
-                key.name,
-                state.spent_micro_usd as f64 / 1e6,
-                budget as f64 / 1e6
-            )));
-        }
-
-        let bucket = state.bucket(now);
-        bucket.requests += 1;
-        bucket.tokens += tokens;
-        state.reserved_micro_usd += cost_micro_usd;
-        let reset = state
-            .live(now)
-            .map(|b| b.second + WINDOW_SECS - now)
-            .max()
-            .unwrap_or(0);
-        let reset = Duration::from_secs(reset);
-        let info = RateInfo {
-            requests: key
-                .requests_per_minute
-                .map(|l| (l, l.saturating_sub(used_requests + 1), reset)),
-            tokens: key
-                .tokens_per_minute
-                .map(|l| (l, l.saturating_sub(used_tokens + tokens), reset)),
-        };
-        Ok(Some(Reservation {
-            key: key.clone(),
-            second: now,
-            tokens,
-            cost_micro_usd,
-            info,
-        }))
-    }
-
-    /// Replace a reservation's estimates with what the request really used.
-    pub fn settle(&self, reservation: Reservation, tokens: u64, cost_micro_usd: u64) {
-        let now = self.now();
-        let mut keys = self.keys.lock();
-        let Some(state) = keys.get_mut(&reservation.key.name) else {
-            return;
-        };
-        let b = &mut state.buckets[(reservation.second % WINDOW_SECS) as usize];
-        if b.second == reservation.second && reservation.second + WINDOW_SECS > now {
-            b.tokens = (b.tokens + tokens).saturating_sub(reservation.tokens);
-        }
-        state.reserved_micro_usd = state
-            .reserved_micro_usd
-            .saturating_sub(reservation.cost_micro_usd);
-        state.spent_micro_usd += cost_micro_usd;
     }
 }
 
@@ -269,51 +198,38 @@ pub fn openai_duration(d: Duration) -> String {
 mod tests {
     use super::*;
 
-    fn key(rpm: Option<u64>, tpm: Option<u64>, budget: Option<u64>) -> Arc<VirtualKey> {
-        Arc::new(VirtualKey {
-            name: "k".into(),
-            models: None,
-            tokens_per_minute: tpm,
-            requests_per_minute: rpm,
-            budget_micro_usd: budget,
-        })
-    }
-
     #[test]
-    fn requests_per_minute() {
-        let l = Limiter::default();
-        let k = key(Some(2), None, None);
-        let a = l.reserve(&k, 0, 0).unwrap().unwrap();
-        assert_eq!(a.info.requests.unwrap().1, 1);
-        l.reserve(&k, 0, 0).unwrap();
-        let err = l.reserve(&k, 0, 0).unwrap_err();
-        assert_eq!(err.code(), Some("rate_limit_exceeded"));
-        assert_eq!(err.headers()[0].0, "retry-after");
+    fn requests_and_tokens() {
+        let mut w = Window::default();
+        let now = 1000;
+        assert!(w.check(now, 0, None, Some(2)).is_ok());
+        w.add(now, 1, 0);
+        w.add(now, 1, 0);
+        match w.check(now + 10, 0, None, Some(2)) {
+            Err(Full::Requests {
+                limit: 2,
+                retry_after,
+            }) => assert_eq!(retry_after, Duration::from_secs(50)),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            w.check(now + 60, 0, None, Some(2)).is_ok(),
+            "the window slid"
+        );
     }
 
     #[test]
     fn tokens_settle_to_actual_usage() {
-        let l = Limiter::default();
-        let k = key(None, Some(100), None);
-        let r = l.reserve(&k, 80, 0).unwrap().unwrap();
-        assert!(l.reserve(&k, 30, 0).is_err());
-        l.settle(r, 10, 0);
-        let r2 = l.reserve(&k, 30, 0).unwrap().unwrap();
-        assert_eq!(r2.info.tokens.unwrap().1, 60);
-    }
-
-    #[test]
-    fn budget_counts_reserved_and_spent() {
-        let l = Limiter::default();
-        let k = key(None, None, Some(1000));
-        let r = l.reserve(&k, 0, 600).unwrap().unwrap();
-        assert_eq!(
-            l.reserve(&k, 0, 600).unwrap_err().code(),
-            Some("insufficient_quota")
-        );
-        l.settle(r, 0, 900);
-        assert!(l.reserve(&k, 0, 101).is_err());
-        assert!(l.reserve(&k, 0, 100).is_ok());
+        let mut w = Window::default();
+        w.add(1000, 1, 80);
+        assert!(w.check(1000, 30, Some(100), None).is_err());
+        w.settle(1000, 1000, 80, 10);
+        assert!(w.check(1000, 30, Some(100), None).is_ok());
+        assert_eq!(w.used(1000), (1, 10));
+        assert!(matches!(
+            w.check(1000, 200, Some(100), None),
+            Err(Full::Tokens { .. })
+        ));
     }
 
     #[test]

@@ -85,17 +85,23 @@ pub fn stream_aborted(model: &str, reason: &'static str) {
     .increment(1);
 }
 
-/// Tokens a request used.
-pub fn tokens(model: &str, input: u64, output: u64) {
-    counter!("weir_tokens_total", "model" => model.to_string(), "direction" => "input")
-        .increment(input);
-    counter!("weir_tokens_total", "model" => model.to_string(), "direction" => "output")
-        .increment(output);
+/// Tokens a request used, by key and model.
+pub fn tokens(key: &str, model: &str, input: u64, output: u64) {
+    for (direction, n) in [("input", input), ("output", output)] {
+        counter!(
+            "weir_tokens_total",
+            "key" => key.to_string(),
+            "model" => model.to_string(),
+            "direction" => direction
+        )
+        .increment(n);
+    }
 }
 
-/// Cost of a request in micro-USD.
-pub fn cost(model: &str, micro_usd: u64) {
-    counter!("weir_cost_micro_usd_total", "model" => model.to_string()).increment(micro_usd);
+/// Cost of a request in micro-USD, by key and model.
+pub fn cost(key: &str, model: &str, micro_usd: u64) {
+    counter!("weir_cost_micro_usd_total", "key" => key.to_string(), "model" => model.to_string())
+        .increment(micro_usd);
 }
 
 /// Requests in flight on the client listener.

@@ -94,9 +94,11 @@ pub async fn run(gw: Arc<Gateway>) -> anyhow::Result<()> {
         "draining"
     );
     tokio::select! {
-        () = graceful.shutdown() => info!("drained; exiting"),
+        () = graceful.shutdown() => info!("drained"),
         () = tokio::time::sleep(grace) => warn!("grace period over; closing the remaining connections"),
     }
+    gw.ledger().flush().await;
+    info!("exiting");
     Ok(())
 }
 

@@ -173,8 +173,8 @@ async fn probes_metrics_and_the_admin_token() {
         "weir_requests_total{route=\"chat\",model=\"chat\",status=\"400\"} 1",
         "weir_request_duration_seconds_bucket{route=\"chat\",model=\"chat\",le=\"0.005\"}",
         "weir_upstream_requests_total{provider=\"up\",model=\"gpt-4o-mini\",outcome=\"ok\"} 1",
-        "weir_tokens_total{model=\"chat\",direction=\"input\"} 11",
-        "weir_tokens_total{model=\"chat\",direction=\"output\"} 3",
+        "weir_tokens_total{key=\"anonymous\",model=\"chat\",direction=\"input\"} 11",
+        "weir_tokens_total{key=\"anonymous\",model=\"chat\",direction=\"output\"} 3",
     ] {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }

@@ -37,7 +37,12 @@ async fn served_by(gw: &Gateway, prompt: &str) -> String {
 async fn a_circuit_opens_after_consecutive_failures_and_recovers_through_a_probe() {
     let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
     a.set_default(Reply::status(500));
-    let gw = start(&two(&a, &b, "circuit = { failures = 3, cooldown_ms = 400 }", ""));
+    let gw = start(&two(
+        &a,
+        &b,
+        "circuit = { failures = 3, cooldown_ms = 400 }",
+        "",
+    ));
     for _ in 0..3 {
         assert_eq!(served_by(&gw, "x").await, "b/model-b");
     }
@@ -48,7 +53,10 @@ async fn a_circuit_opens_after_consecutive_failures_and_recovers_through_a_probe
     }
     assert_eq!(a.received().len(), 3, "an open circuit is skipped");
     let metrics = get(&gw.admin_url("/metrics"), None).await.text();
-    assert!(metrics.contains("weir_circuit_opened_total{target=\"a/model-a\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("weir_circuit_opened_total{target=\"a/model-a\"} 1"),
+        "{metrics}"
+    );
 
     // a recovers; after the cooldown one probe goes through and closes it.
     a.set_default(Reply::Chat(Chat::default()));
@@ -57,10 +65,16 @@ async fn a_circuit_opens_after_consecutive_failures_and_recovers_through_a_probe
         if by == "a/model-a" {
             break;
         }
-        assert!(opened.elapsed() < Duration::from_secs(5), "no probe after the cooldown");
+        assert!(
+            opened.elapsed() < Duration::from_secs(5),
+            "no probe after the cooldown"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(opened.elapsed() >= Duration::from_millis(400), "probed before the cooldown ended");
+    assert!(
+        opened.elapsed() >= Duration::from_millis(400),
+        "probed before the cooldown ended"
+    );
     for _ in 0..3 {
         assert_eq!(served_by(&gw, "x").await, "a/model-a", "closed again");
     }
@@ -79,10 +93,16 @@ async fn retry_after_rests_the_target() {
         if served_by(&gw, "x").await == "a/model-a" {
             break;
         }
-        assert!(throttled.elapsed() < Duration::from_secs(4), "a never came back");
+        assert!(
+            throttled.elapsed() < Duration::from_secs(4),
+            "a never came back"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(throttled.elapsed() >= Duration::from_millis(800), "retry-after was not honoured");
+    assert!(
+        throttled.elapsed() >= Duration::from_millis(800),
+        "retry-after was not honoured"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,9 +143,15 @@ circuit = {{ failures = 1000 }}
     let r = post_json(&gw.url("/v1/chat/completions"), &slow, None).await;
     assert_eq!(r.status, 504, "{}", r.text());
     let elapsed = started.elapsed();
-    assert!(elapsed < Duration::from_millis(1500), "the deadline bounds retries: {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_millis(1500),
+        "the deadline bounds retries: {elapsed:?}"
+    );
     let attempts = a.received().len() - before;
-    assert!((2..=6).contains(&attempts), "{attempts} attempts in a 600 ms deadline");
+    assert!(
+        (2..=6).contains(&attempts),
+        "{attempts} attempts in a 600 ms deadline"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,17 +164,25 @@ async fn weighted_and_least_latency_strategies() {
         served_by(&gw, "x").await;
     }
     let to_a = a.received().len();
-    assert!((150..=195).contains(&to_a), "{to_a} of 200 went to the weight-9 target");
+    assert!(
+        (150..=195).contains(&to_a),
+        "{to_a} of 200 went to the weight-9 target"
+    );
     drop(gw);
 
     let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
-    a.set_default(Reply::Chat(Chat::default().delay(Duration::from_millis(60))));
+    a.set_default(Reply::Chat(
+        Chat::default().delay(Duration::from_millis(60)),
+    ));
     let gw = start(&two(&a, &b, "strategy = \"least-latency\"", ""));
     for _ in 0..20 {
         served_by(&gw, "x").await;
     }
     let to_b = b.received().len();
-    assert!(to_b >= 17, "the faster target serves most requests: {to_b} of 20");
+    assert!(
+        to_b >= 17,
+        "the faster target serves most requests: {to_b} of 20"
+    );
 }
 
 fn router_entry(name: &str, path: &std::path::Path, config: &str) -> String {
@@ -176,7 +210,11 @@ async fn cheapest_healthy_router_orders_by_price_and_health() {
         "model = \"model-b\", price = { input_per_mtok = 0.15, output_per_mtok = 0.6 } }",
     );
     let gw = start(&cfg);
-    assert_eq!(served_by(&gw, "x").await, "b/model-b", "the cheaper target first");
+    assert_eq!(
+        served_by(&gw, "x").await,
+        "b/model-b",
+        "the cheaper target first"
+    );
     // The served target's price is what the request costs: 11 × 0.15 + 3 × 0.6 = 3.45 µUSD.
     let r = post_json(&gw.url("/v1/chat/completions"), &chat_body("x"), None).await;
     assert_eq!(r.header("x-weir-cost-usd"), Some("0.000003"));
@@ -185,13 +223,18 @@ async fn cheapest_healthy_router_orders_by_price_and_health() {
     assert_eq!(served_by(&gw, "x").await, "a/model-a");
     assert_eq!(served_by(&gw, "x").await, "a/model-a");
     let metrics = get(&gw.admin_url("/metrics"), None).await.text();
-    assert!(metrics.contains("weir_policy_calls_total{policy=\"cheapest\",hook=\"route\"} 4"), "{metrics}");
+    assert!(
+        metrics.contains("weir_policy_calls_total{policy=\"cheapest\",hook=\"route\"} 4"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_aware_router_learns_the_faster_target() {
     let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
-    a.set_default(Reply::Chat(Chat::default().delay(Duration::from_millis(60))));
+    a.set_default(Reply::Chat(
+        Chat::default().delay(Duration::from_millis(60)),
+    ));
     let cfg = two(
         &a,
         &b,
@@ -202,17 +245,41 @@ async fn latency_aware_router_learns_the_faster_target() {
     for _ in 0..20 {
         served_by(&gw, "x").await;
     }
-    assert!(b.received().len() >= 17, "b is faster: {}", b.received().len());
+    assert!(
+        b.received().len() >= 17,
+        "b is faster: {}",
+        b.received().len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_router_falls_back_to_the_configured_order() {
     let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
-    let cfg = two(&a, &b, "router = \"bad\"", &router_entry("bad", &guest("bad-router"), "{}"));
+    let cfg = two(
+        &a,
+        &b,
+        "router = \"bad\"",
+        &router_entry("bad", &guest("bad-router"), "{}"),
+    );
     let gw = start(&cfg);
-    assert_eq!(served_by(&gw, "fine").await, "b/model-b", "the router reverses the order");
-    assert_eq!(served_by(&gw, "ROUTER:bad").await, "a/model-a", "invalid order: configured order");
-    assert_eq!(served_by(&gw, "ROUTER:trap").await, "a/model-a", "trap: configured order");
+    assert_eq!(
+        served_by(&gw, "fine").await,
+        "b/model-b",
+        "the router reverses the order"
+    );
+    assert_eq!(
+        served_by(&gw, "ROUTER:bad").await,
+        "a/model-a",
+        "invalid order: configured order"
+    );
+    assert_eq!(
+        served_by(&gw, "ROUTER:trap").await,
+        "a/model-a",
+        "trap: configured order"
+    );
     let metrics = get(&gw.admin_url("/metrics"), None).await.text();
-    assert!(metrics.contains("weir_policy_errors_total{policy=\"bad\",kind=\"router\"} 2"), "{metrics}");
+    assert!(
+        metrics.contains("weir_policy_errors_total{policy=\"bad\",kind=\"router\"} 2"),
+        "{metrics}"
+    );
 }

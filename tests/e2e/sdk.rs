@@ -13,7 +13,10 @@ async fn the_openai_python_sdk_works_with_only_a_base_url_change() {
     // Replies in the order the script makes its upstream calls.
     up.push(Reply::Chat(Chat::default()));
     up.push(Reply::Chat(Chat::default()));
-    up.push(Reply::Chat(Chat::tool_call("get_weather", &["{\"ci", "ty\": \"Par", "is\"}"])));
+    up.push(Reply::Chat(Chat::tool_call(
+        "get_weather",
+        &["{\"ci", "ty\": \"Par", "is\"}"],
+    )));
     up.push(Reply::DropAfter(Chat::text(&["partial ", "answer"]), 1));
     let extra = r#"
 [[models]]
@@ -25,7 +28,10 @@ name = "sdk"
 key = "sk-weir-sdk-test"
 "#;
     let gw = start(&config(&up, extra));
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/sdk/openai_sdk_check.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/sdk/openai_sdk_check.py"
+    );
     let out = tokio::task::spawn_blocking({
         let base = gw.url("/v1");
         move || {
@@ -41,6 +47,9 @@ key = "sk-weir-sdk-test"
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
     );
-    assert!(out.status.success(), "the SDK check failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "the SDK check failed:\n{stdout}\n{stderr}"
+    );
     assert_eq!(stdout.trim(), "ok");
 }

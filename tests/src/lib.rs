@@ -15,6 +15,7 @@
 
 pub mod client;
 pub mod gateway;
+pub mod redis;
 pub mod upstream;
 mod upstream_anthropic;
 mod upstream_gemini;

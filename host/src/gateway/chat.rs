@@ -4,7 +4,8 @@
 //!
 //! Each step is one function with one job. A failure at any step is a
 //! [`GatewayError`] that `Gateway::handle` turns into an OpenAI-shaped answer;
-//! once a reservation is taken it is always settled, on every path.
+//! once a reservation is taken it is always settled or released, on every
+//! path.
 
 use std::sync::Arc;
 
@@ -14,15 +15,16 @@ use hyper::body::Incoming;
 
 use super::stream::ClientStream;
 use super::{
-    Body, ChatCall, Gateway, Model, Price, RequestLog, Snapshot, Target, json_response, read_client_body,
-    usd,
+    Body, ChatCall, Gateway, Model, Price, RequestLog, Snapshot, Target, json_response,
+    read_client_body, usd,
 };
 use crate::auth::Caller;
 use crate::chat::{ChatCompletion, ChatRequest, Usage};
 use crate::error::GatewayError;
-use crate::limits::{RateInfo, Reservation};
+use crate::limits::RateInfo;
 use crate::policy::{GuardChain, Policy, RequestContext, Stop};
 use crate::providers::ChatReply;
+use crate::state::{ANONYMOUS, Actual, Ask, Reservation};
 use crate::tokens;
 
 pub(super) async fn handle(
@@ -38,7 +40,7 @@ pub(super) async fn handle(
     let mut chat = ChatRequest::parse(&body)?;
     log.model.clone_from(&chat.model);
     let model = snap.config.model_for(&caller, &chat.model)?.clone();
-    let (reservation, prompt_estimate) = reserve(gw, &caller, &model, &chat)?;
+    let (reservation, prompt_estimate) = reserve(gw, &caller, &model, &chat).await?;
     let rate = reservation
         .as_ref()
         .map(|r| r.info.clone())
@@ -54,18 +56,20 @@ pub(super) async fn handle(
         match guard_request(gw, snap.policies.guardrails(&model.name), &mut chat, &ctx).await {
             Ok(chain) => chain,
             Err(error) => {
-                settle(gw, reservation, 0, 0);
+                release(gw, &model, reservation).await;
                 return Err(error);
             }
         };
-    let order = gw.plan(snap, &model, Some((&chat, &ctx)), chat.stream).await;
+    let order = gw
+        .plan(snap, &model, Some((&chat, &ctx)), chat.stream)
+        .await;
     let (target, reply, in_flight) = match gw
         .forward(&model, &order, ChatCall(&chat), chat.stream, log)
         .await
     {
         Ok(answer) => answer,
         Err(error) => {
-            settle(gw, reservation, 0, 0);
+            release(gw, &model, reservation).await;
             return Err(error);
         }
     };
@@ -90,7 +94,7 @@ pub(super) async fn handle(
             if let Some(chain) = &mut chain
                 && let Err(stop) = chain.begin_response().await
             {
-                settle(gw, reservation, 0, 0);
+                release(gw, &model, reservation).await;
                 return Err(stop_error(stop));
             }
             let stream = ClientStream::new(
@@ -200,26 +204,36 @@ async fn guard_completion(
 }
 
 /// Reserve the request's estimated tokens and cost against its key.
-fn reserve(
+async fn reserve(
     gw: &Gateway,
     caller: &Caller,
     model: &Model,
     chat: &ChatRequest,
 ) -> Result<(Option<Reservation>, u64), GatewayError> {
-    let prompt = tokens::estimate_request(chat);
-    let Some(key) = caller.key() else {
+    let target = model
+        .targets
+        .first()
+        .map_or(model.name.as_str(), |t| t.model.as_str());
+    let prompt = tokens::estimate_request(chat, target);
+    let Some(key) = caller.key().filter(|k| k.limited(&model.name)) else {
         return Ok((None, prompt));
     };
     let output = chat.max_tokens.unwrap_or(model.max_output_tokens);
-    let cost = model.price.micro_usd(prompt, 0, output);
-    let reservation = gw.limits.reserve(key, prompt + output, cost)?;
-    Ok((reservation, prompt))
+    let ask = Ask {
+        key: key.clone(),
+        model: model.name.clone(),
+        tokens: prompt + output,
+        cost_micro_usd: model.price.micro_usd(prompt, 0, output),
+    };
+    Ok((Some(gw.ledger.reserve(&ask).await?), prompt))
 }
 
-/// Replace a reservation's estimate with what was used.
-pub(super) fn settle(gw: &Gateway, reservation: Option<Reservation>, tokens: u64, cost: u64) {
+/// Nothing was served: give the reservation back.
+pub(super) async fn release(gw: &Gateway, model: &Model, reservation: Option<Reservation>) {
     if let Some(r) = reservation {
-        gw.limits.settle(r, tokens, cost);
+        gw.ledger
+            .record(&r.key.clone(), &model.name, Some(r), None)
+            .await;
     }
 }
 
@@ -243,7 +257,8 @@ async fn answer_whole(
             }
             Err(error) => {
                 let usage = completion.usage.clone().unwrap_or_default();
-                account(gw, &target.price, &usage, reservation, log);
+                let actual = account(&target.price, &usage, log);
+                record(gw, log, reservation, actual).await;
                 return Err(error);
             }
         },
@@ -259,7 +274,9 @@ async fn answer_whole(
             .sum();
         Usage::new(prompt_estimate, (text as u64).div_ceil(4))
     });
-    let cost = account(gw, &target.price, &usage, reservation, log);
+    let actual = account(&target.price, &usage, log);
+    record(gw, log, reservation, actual).await;
+    let cost = actual.cost_micro_usd;
     let body = serde_json::to_vec(&completion).unwrap_or_default();
     let mut response = json_response(StatusCode::OK, body);
     if let Ok(v) = HeaderValue::from_str(&usd(cost)) {
@@ -273,29 +290,36 @@ async fn answer_whole(
     Ok(response)
 }
 
-/// Settle the reservation and record tokens and cost; returns the cost.
-pub(super) fn account(
-    gw: &Gateway,
-    price: &Price,
-    usage: &Usage,
-    reservation: Option<Reservation>,
-    log: &mut RequestLog,
-) -> u64 {
+/// What a served request used and cost, recorded in its log line; the
+/// caller hands it to the ledger.
+pub(super) fn account(price: &Price, usage: &Usage, log: &mut RequestLog) -> Actual {
     let cost = price.micro_usd(
         usage.prompt_tokens,
         usage.cached_tokens(),
         usage.completion_tokens,
     );
-    settle(
-        gw,
-        reservation,
-        usage.prompt_tokens + usage.completion_tokens,
-        cost,
-    );
     log.input_tokens = usage.prompt_tokens;
     log.output_tokens = usage.completion_tokens;
     log.cost_micro_usd = cost;
-    cost
+    Actual {
+        input_tokens: usage.prompt_tokens,
+        output_tokens: usage.completion_tokens,
+        cached_input_tokens: usage.cached_tokens(),
+        cost_micro_usd: cost,
+    }
+}
+
+/// Settle a served request's reservation and add it to the usage ledger.
+pub(super) async fn record(
+    gw: &Gateway,
+    log: &RequestLog,
+    reservation: Option<Reservation>,
+    actual: Actual,
+) {
+    let key = log.key.as_deref().unwrap_or(ANONYMOUS);
+    gw.ledger
+        .record(key, &log.model, reservation, Some(actual))
+        .await;
 }
 
 /// A streamed completion: chunks go to the client as they arrive.

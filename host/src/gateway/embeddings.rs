@@ -9,10 +9,11 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::Value;
 
-use super::chat::{account, settle};
+use super::chat::{account, record, release};
 use super::{Body, EmbeddingsCall, Gateway, RequestLog, Snapshot, json_response, read_client_body};
 use crate::chat::{Usage, parse_object, required_model};
 use crate::error::GatewayError;
+use crate::state::Ask;
 use crate::tokens;
 
 pub(super) async fn handle(
@@ -27,15 +28,9 @@ pub(super) async fn handle(
     let body = parse_object(&bytes)?;
     let name = required_model(&body)?;
     log.model.clone_from(&name);
-    let estimate = match body.get("input") {
-        Some(Value::String(s)) => tokens::estimate_text(s),
-        Some(Value::Array(items)) if !items.is_empty() => items
-            .iter()
-            .map(|i| {
-                i.as_str()
-                    .map_or(i.to_string().len() as u64 / 4, tokens::estimate_text)
-            })
-            .sum(),
+    let input = match body.get("input") {
+        Some(input @ Value::String(_)) => input,
+        Some(input @ Value::Array(items)) if !items.is_empty() => input,
         _ => {
             return Err(GatewayError::invalid(
                 "input",
@@ -44,10 +39,34 @@ pub(super) async fn handle(
         }
     };
     let model = snap.config.model_for(&caller, &name)?.clone();
-    let reservation = match caller.key() {
-        Some(key) => gw
-            .limits
-            .reserve(key, estimate, model.price.micro_usd(estimate, 0, 0))?,
+    let target = model
+        .targets
+        .first()
+        .map_or(model.name.as_str(), |t| t.model.as_str());
+    let estimate = match input {
+        Value::Array(items) => items
+            .iter()
+            .map(|i| {
+                i.as_str().map_or(i.to_string().len() as u64 / 4, |s| {
+                    tokens::estimate_text(s, target)
+                })
+            })
+            .sum(),
+        other => other
+            .as_str()
+            .map_or(0, |s| tokens::estimate_text(s, target)),
+    };
+    let reservation = match caller.key().filter(|k| k.limited(&model.name)) {
+        Some(key) => Some(
+            gw.ledger
+                .reserve(&Ask {
+                    key: key.clone(),
+                    model: model.name.clone(),
+                    tokens: estimate,
+                    cost_micro_usd: model.price.micro_usd(estimate, 0, 0),
+                })
+                .await?,
+        ),
         None => None,
     };
     let rate = reservation
@@ -61,7 +80,7 @@ pub(super) async fn handle(
     {
         Ok(ok) => ok,
         Err(error) => {
-            settle(gw, reservation, 0, 0);
+            release(gw, &model, reservation).await;
             return Err(error);
         }
     };
@@ -71,7 +90,9 @@ pub(super) async fn handle(
         .and_then(|u| u.get("prompt_tokens"))
         .and_then(Value::as_u64)
         .unwrap_or(estimate);
-    let cost = account(gw, &target.price, &Usage::new(input, 0), reservation, log);
+    let actual = account(&target.price, &Usage::new(input, 0), log);
+    record(gw, log, reservation, actual).await;
+    let cost = actual.cost_micro_usd;
     answer["model"] = Value::String(model.name.clone());
     let mut response = json_response(StatusCode::OK, answer.to_string());
     let headers = response.headers_mut();

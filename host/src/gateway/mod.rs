@@ -27,14 +27,17 @@ use serde_json::{Value, json};
 use tracing::{info, warn};
 
 use crate::auth::{Caller, KeyStore};
+use crate::config::{CircuitConfig, Strategy};
 use crate::config::{Config, PriceConfig};
 use crate::error::GatewayError;
-use crate::limits::Limiter;
 use crate::metrics;
-use crate::config::{CircuitConfig, Strategy};
 use crate::policy::{PolicyRuntime, RequestContext, RouteCandidate};
-use crate::routing::{self, health::{HealthRegistry, InFlight, Outcome, TargetHealth}};
 use crate::providers::{self, AttemptError, ChatReply, HttpClient, Provider, Providers};
+use crate::routing::{
+    self,
+    health::{HealthRegistry, InFlight, Outcome, TargetHealth},
+};
+use crate::state::Ledger;
 use arc_swap::ArcSwap;
 use policies::PolicySet;
 
@@ -168,11 +171,12 @@ impl RequestLog {
     fn finish(&self, status: u16, error: Option<&str>) {
         let elapsed = self.start.elapsed();
         metrics::request_finished(self.route, &self.model, status, elapsed);
+        let key = self.key.as_deref().unwrap_or(crate::state::ANONYMOUS);
         if self.input_tokens + self.output_tokens > 0 {
-            metrics::tokens(&self.model, self.input_tokens, self.output_tokens);
+            metrics::tokens(key, &self.model, self.input_tokens, self.output_tokens);
         }
         if self.cost_micro_usd > 0 {
-            metrics::cost(&self.model, self.cost_micro_usd);
+            metrics::cost(key, &self.model, self.cost_micro_usd);
         }
         info!(
             request_id = %self.id,
@@ -254,7 +258,10 @@ impl ConfigState {
                         health: health.get(&label),
                         label,
                         weight: t.weight,
-                        price: t.price.as_ref().map_or(price, |p| Price::from_config(Some(p))),
+                        price: t
+                            .price
+                            .as_ref()
+                            .map_or(price, |p| Price::from_config(Some(p))),
                     }))
                 })
                 .collect();
@@ -327,7 +334,7 @@ pub struct Snapshot {
 pub struct Gateway {
     snapshot: ArcSwap<Snapshot>,
     client: HttpClient,
-    limits: Limiter,
+    ledger: Arc<dyn Ledger>,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     ready: AtomicBool,
     started: u64,
@@ -349,6 +356,7 @@ impl Gateway {
         metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
         runtime: Arc<PolicyRuntime>,
         policies: PolicySet,
+        ledger: Arc<dyn Ledger>,
     ) -> anyhow::Result<Arc<Gateway>> {
         for entry in policies.entries.values() {
             reload::record_generation(entry);
@@ -361,7 +369,7 @@ impl Gateway {
             }),
             health,
             client: providers::http_client()?,
-            limits: Limiter::default(),
+            ledger,
             metrics,
             ready: AtomicBool::new(false),
             started: SystemTime::now()
@@ -382,6 +390,11 @@ impl Gateway {
     /// The config in force.
     pub fn config(&self) -> Arc<ConfigState> {
         self.snapshot.load().config.clone()
+    }
+
+    /// The usage and limits store.
+    pub fn ledger(&self) -> &Arc<dyn Ledger> {
+        &self.ledger
     }
 
     /// Mark the gateway ready (or not) for `/readyz`.
@@ -530,7 +543,9 @@ impl Gateway {
                 .collect();
             match self.runtime.route(router, ctx, chat, &candidates).await {
                 Ok(order) if !order.is_empty() => return order,
-                Ok(_) => warn!(request_id = %ctx.request_id, policy = %router.name, "the router chose no target; using the configured order"),
+                Ok(_) => {
+                    warn!(request_id = %ctx.request_id, policy = %router.name, "the router chose no target; using the configured order")
+                }
                 Err(e) => {
                     ::metrics::counter!("weir_policy_errors_total", "policy" => router.name.clone(), "kind" => "router").increment(1);
                     warn!(request_id = %ctx.request_id, policy = %router.name, error = %e, "the router failed; using the configured order");
@@ -577,7 +592,9 @@ impl Gateway {
             loop {
                 let mut skipped = Vec::new();
                 for i in pass {
-                    let Some(target) = model.targets.get(i) else { continue };
+                    let Some(target) = model.targets.get(i) else {
+                        continue;
+                    };
                     if attempts >= model.max_attempts || Instant::now() >= deadline {
                         break 'rounds;
                     }
@@ -596,17 +613,46 @@ impl Gateway {
                     let now = Instant::now();
                     match result {
                         Ok(reply) => {
-                            target.health.record(Outcome::Ok { latency: elapsed, streaming }, &model.circuit, now);
-                            metrics::upstream_attempt(&target.provider.name, &target.model, "ok", elapsed);
+                            target.health.record(
+                                Outcome::Ok {
+                                    latency: elapsed,
+                                    streaming,
+                                },
+                                &model.circuit,
+                                now,
+                            );
+                            metrics::upstream_attempt(
+                                &target.provider.name,
+                                &target.model,
+                                "ok",
+                                elapsed,
+                            );
                             return Ok((target.clone(), reply, in_flight));
                         }
                         Err(AttemptError::Rejected(error)) => {
-                            target.health.record(Outcome::Ok { latency: elapsed, streaming }, &model.circuit, now);
-                            metrics::upstream_attempt(&target.provider.name, &target.model, "rejected", elapsed);
+                            target.health.record(
+                                Outcome::Ok {
+                                    latency: elapsed,
+                                    streaming,
+                                },
+                                &model.circuit,
+                                now,
+                            );
+                            metrics::upstream_attempt(
+                                &target.provider.name,
+                                &target.model,
+                                "rejected",
+                                elapsed,
+                            );
                             return Err(error);
                         }
                         Err(error) => {
-                            metrics::upstream_attempt(&target.provider.name, &target.model, error.reason(), elapsed);
+                            metrics::upstream_attempt(
+                                &target.provider.name,
+                                &target.model,
+                                error.reason(),
+                                elapsed,
+                            );
                             let outcome = match &error {
                                 // Without retry-after: fail over, no cooldown.
                                 AttemptError::RateLimited(wait, _) => {
@@ -643,7 +689,8 @@ impl Gateway {
             if left.is_zero() {
                 break;
             }
-            tokio::time::sleep(routing::backoff(round, model.backoff.0, model.backoff.1).min(left)).await;
+            tokio::time::sleep(routing::backoff(round, model.backoff.0, model.backoff.1).min(left))
+                .await;
         }
         if failures.is_empty() {
             failures.push("no target could be tried before the deadline".into());

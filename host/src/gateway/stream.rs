@@ -22,13 +22,13 @@ use hyper::body::Frame;
 use serde_json::json;
 
 use super::{Body, Gateway, Model, RequestLog, Target, chat};
-use crate::routing::health::InFlight;
 use crate::chat::{ChatChunk, ChunkChoice, Delta, Usage};
-use crate::limits::Reservation;
 use crate::metrics;
 use crate::policy::{GuardChain, Stop};
 use crate::providers::{ChunkStream, StreamFault};
+use crate::routing::health::InFlight;
 use crate::sse;
+use crate::state::{ANONYMOUS, Actual, Reservation};
 
 /// How a stream ended.
 enum End {
@@ -61,6 +61,8 @@ pub(super) struct ClientStream {
     first_sent: bool,
     log: RequestLog,
     finished: bool,
+    /// What the ledger still has to hear about this request.
+    unrecorded: Option<(Option<Reservation>, Actual)>,
 }
 
 impl ClientStream {
@@ -93,6 +95,7 @@ impl ClientStream {
             first_sent: false,
             log,
             finished: false,
+            unrecorded: None,
         }
     }
 
@@ -117,7 +120,9 @@ impl ClientStream {
             match next {
                 Some(Ok(mut chunk)) => {
                     if let Err(stop) = self.guard(&mut chunk).await {
-                        return Some(self.stop(stop));
+                        let bytes = self.stop(stop);
+                        self.record().await;
+                        return Some(bytes);
                     }
                     if let Some(bytes) = self.encode(chunk) {
                         return Some(bytes);
@@ -128,15 +133,21 @@ impl ClientStream {
                     match self.flush_unended().await {
                         Ok(Some(chunk)) => self.write(&chunk, &mut out),
                         Ok(None) => {}
-                        Err(stop) => return Some(self.stop(stop)),
+                        Err(stop) => {
+                            let bytes = self.stop(stop);
+                            self.record().await;
+                            return Some(bytes);
+                        }
                     }
                     self.finish(End::Done);
+                    self.record().await;
                     out.extend_from_slice(b"data: [DONE]\n\n");
                     return Some(Bytes::from(out));
                 }
                 Some(Err(fault)) => {
                     let bytes = error_event(&fault.to_string(), "upstream_error", fault.code());
                     self.finish(End::Fault(fault));
+                    self.record().await;
                     return Some(bytes);
                 }
             }
@@ -306,13 +317,8 @@ impl ClientStream {
         let usage = self.usage.take().unwrap_or_else(|| {
             Usage::new(self.prompt_estimate, (self.output_bytes as u64).div_ceil(4))
         });
-        chat::account(
-            &self.gw,
-            &self.target.0.price,
-            &usage,
-            self.reservation.take(),
-            &mut self.log,
-        );
+        let actual = chat::account(&self.target.0.price, &usage, &mut self.log);
+        self.unrecorded = Some((self.reservation.take(), actual));
         if let (End::Done, Some(chain)) = (&end, self.chain.take()) {
             tokio::spawn(chain.finish());
         }
@@ -348,8 +354,33 @@ fn error_event(message: &str, kind: &str, code: &str) -> Bytes {
     Bytes::from(out)
 }
 
+impl ClientStream {
+    /// Settle and record with the ledger (before the last frame goes out,
+    /// so the next request of the same key sees this one settled).
+    async fn record(&mut self) {
+        if let Some((reservation, actual)) = self.unrecorded.take() {
+            let key = self.log.key.as_deref().unwrap_or(ANONYMOUS);
+            self.gw
+                .ledger()
+                .record(key, &self.log.model, reservation, Some(actual))
+                .await;
+        }
+    }
+}
+
 impl Drop for ClientStream {
     fn drop(&mut self) {
         self.finish(End::ClientGone);
+        // The client left mid-stream: record what was used, off this path.
+        if let Some((reservation, actual)) = self.unrecorded.take() {
+            let gw = self.gw.clone();
+            let key = self.log.key.clone().unwrap_or_else(|| ANONYMOUS.into());
+            let model = self.log.model.clone();
+            tokio::spawn(async move {
+                gw.ledger()
+                    .record(&key, &model, reservation, Some(actual))
+                    .await;
+            });
+        }
     }
 }

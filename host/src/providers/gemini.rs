@@ -1144,7 +1144,7 @@ fn embeddings_response(
             json!({"object": "embedding", "index": i, "embedding": embedding})
         })
         .collect();
-    let tokens: u64 = inputs.iter().map(|t| tokens::estimate_text(t)).sum();
+    let tokens: u64 = inputs.iter().map(|t| tokens::estimate_text(t, model)).sum();
     Ok(json!({
         "object": "list",
         "data": data,

@@ -2,9 +2,11 @@
 //!
 //! Its answer is derived from the prompt (so the same prompt always gets the
 //! same words), streamed in a configurable number of chunks with a
-//! configurable delay, and its usage numbers are the real token counts of the
-//! prompt and the answer by weir's estimator. It is what `weir serve` with no
-//! config answers with, and a stable upstream for demos and policy tests.
+//! configurable delay, and its usage numbers count the prompt and the answer
+//! at 4 bytes a token ([`Tokenizer::Bytes`], also how weir estimates the
+//! model named `mock`, so its estimates and usage agree), whether streamed or
+//! not. It is what `weir serve` with no config answers with, and a stable
+//! upstream for demos and policy tests.
 
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,7 +19,7 @@ use crate::chat::{
     ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Delta, ResponseMessage, Usage,
 };
 use crate::config::ProviderConfig;
-use crate::tokens;
+use crate::tokens::{self, Tokenizer};
 
 /// The mock provider's settings.
 #[derive(Debug)]
@@ -51,7 +53,7 @@ impl Mock {
             prompt.split_whitespace().count(),
         );
         match req.max_tokens {
-            Some(max) if tokens::estimate_text(&text) > max => {
+            Some(max) if Tokenizer::Bytes.count(&text) > max => {
                 let cut = tokens::prefix_within(&text, max);
                 (text[..cut].to_string(), "length")
             }
@@ -60,7 +62,10 @@ impl Mock {
     }
 
     fn usage(req: &ChatRequest, text: &str) -> Usage {
-        Usage::new(tokens::estimate_request(req), tokens::estimate_text(text))
+        Usage::new(
+            Tokenizer::Bytes.count_request(req),
+            Tokenizer::Bytes.count(text),
+        )
     }
 
     pub(super) fn chat(&self, req: &ChatRequest, model: &str) -> ChatReply {
@@ -151,7 +156,7 @@ impl Mock {
             .and_then(Value::as_u64)
             .unwrap_or(8)
             .clamp(1, 4096) as usize;
-        let prompt_tokens: u64 = inputs.iter().map(|i| tokens::estimate_text(i)).sum();
+        let prompt_tokens: u64 = inputs.iter().map(|i| Tokenizer::Bytes.count(i)).sum();
         let data: Vec<Value> = inputs
             .iter()
             .enumerate()

@@ -291,7 +291,13 @@ pub async fn send(
         Ok(Ok(response)) if response.status() == StatusCode::TOO_MANY_REQUESTS => {
             let wait = retry_after(response.headers());
             let mut body = response.into_body();
-            let message = match status_error(StatusCode::TOO_MANY_REQUESTS, &mut body, provider.idle_timeout).await {
+            let message = match status_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                &mut body,
+                provider.idle_timeout,
+            )
+            .await
+            {
                 AttemptError::Status(_, m) => m,
                 _ => String::new(),
             };

@@ -28,10 +28,14 @@ const ALPHA: f64 = 0.2;
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Circuit {
     Closed,
-    Open { until: Instant },
+    Open {
+        until: Instant,
+    },
     /// After the cooldown: one probe at a time; a probe whose outcome never
     /// came back (the request was cancelled) is replaced after a cooldown.
-    HalfOpen { probe: Option<Instant> },
+    HalfOpen {
+        probe: Option<Instant>,
+    },
 }
 
 #[derive(Debug)]
@@ -103,7 +107,8 @@ impl TargetHealth {
         if s.cooldown_until.is_some_and(|t| t > now) {
             return false;
         }
-        let stale = |t: Instant| now.duration_since(t) >= Duration::from_millis(circuit.cooldown_ms);
+        let stale =
+            |t: Instant| now.duration_since(t) >= Duration::from_millis(circuit.cooldown_ms);
         match s.circuit {
             Circuit::Closed => true,
             Circuit::Open { until } if now < until => false,
@@ -134,7 +139,11 @@ impl TargetHealth {
                 } else {
                     &mut s.latency_ewma_us
                 };
-                *ewma = if *ewma == 0.0 { us } else { ALPHA * us + (1.0 - ALPHA) * *ewma };
+                *ewma = if *ewma == 0.0 {
+                    us
+                } else {
+                    ALPHA * us + (1.0 - ALPHA) * *ewma
+                };
                 false
             }
             Outcome::Throttled(wait) => {
@@ -182,7 +191,7 @@ impl TargetHealth {
             Circuit::Closed => true,
             Circuit::Open { until } => now >= until,
             Circuit::HalfOpen { .. } => true,
-        } && !s.cooldown_until.is_some_and(|t| t > now);
+        } && s.cooldown_until.is_none_or(|t| t <= now);
         Figures {
             healthy,
             latency_ewma_us: s.latency_ewma_us as u64,
@@ -249,12 +258,21 @@ mod tests {
         let t0 = Instant::now();
         assert!(!h.record(Outcome::Failed, &cfg(), t0));
         assert!(!h.record(Outcome::Failed, &cfg(), t0));
-        assert!(h.record(Outcome::Failed, &cfg(), t0), "the third failure opens it");
-        assert!(!h.admit(t0 + Duration::from_millis(500), &cfg()), "open: skipped");
+        assert!(
+            h.record(Outcome::Failed, &cfg(), t0),
+            "the third failure opens it"
+        );
+        assert!(
+            !h.admit(t0 + Duration::from_millis(500), &cfg()),
+            "open: skipped"
+        );
         let later = t0 + Duration::from_millis(1001);
         assert!(h.admit(later, &cfg()), "after the cooldown: one probe");
         assert!(!h.admit(later, &cfg()), "only one probe at a time");
-        assert!(h.record(Outcome::Failed, &cfg(), later), "a failed probe re-opens it");
+        assert!(
+            h.record(Outcome::Failed, &cfg(), later),
+            "a failed probe re-opens it"
+        );
         let much_later = later + Duration::from_millis(1001);
         assert!(h.admit(much_later, &cfg()));
         h.record(
@@ -265,7 +283,10 @@ mod tests {
             &cfg(),
             much_later,
         );
-        assert!(h.admit(much_later, &cfg()) && h.admit(much_later, &cfg()), "closed again");
+        assert!(
+            h.admit(much_later, &cfg()) && h.admit(much_later, &cfg()),
+            "closed again"
+        );
     }
 
     #[test]

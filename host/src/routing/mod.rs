@@ -29,7 +29,12 @@ pub struct Candidate<'a> {
 }
 
 /// Order `candidates` by `strategy`; returns indexes.
-pub fn order(strategy: Strategy, candidates: &[Candidate<'_>], streaming: bool, now: Instant) -> Vec<usize> {
+pub fn order(
+    strategy: Strategy,
+    candidates: &[Candidate<'_>],
+    streaming: bool,
+    now: Instant,
+) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..candidates.len()).collect();
     match strategy {
         Strategy::Failover => {}
@@ -98,11 +103,23 @@ mod tests {
         a.record(ok(50), &cfg, now);
         b.record(ok(5), &cfg, now);
         let cands = [
-            Candidate { weight: 1.0, health: &a },
-            Candidate { weight: 1.0, health: &b },
-            Candidate { weight: 1.0, health: &c },
+            Candidate {
+                weight: 1.0,
+                health: &a,
+            },
+            Candidate {
+                weight: 1.0,
+                health: &b,
+            },
+            Candidate {
+                weight: 1.0,
+                health: &c,
+            },
         ];
-        assert_eq!(order(Strategy::LeastLatency, &cands, false, now), vec![2, 1, 0]);
+        assert_eq!(
+            order(Strategy::LeastLatency, &cands, false, now),
+            vec![2, 1, 0]
+        );
         assert_eq!(order(Strategy::Failover, &cands, false, now), vec![0, 1, 2]);
     }
 
@@ -111,8 +128,14 @@ mod tests {
         let reg = health::HealthRegistry::default();
         let (a, b) = (reg.get("a"), reg.get("b"));
         let cands = [
-            Candidate { weight: 9.0, health: &a },
-            Candidate { weight: 1.0, health: &b },
+            Candidate {
+                weight: 9.0,
+                health: &a,
+            },
+            Candidate {
+                weight: 1.0,
+                health: &b,
+            },
         ];
         let now = Instant::now();
         let firsts = (0..2000)
@@ -120,5 +143,4 @@ mod tests {
             .count();
         assert!((1650..=1950).contains(&firsts), "{firsts} of 2000 ≈ 90%");
     }
-
 }
