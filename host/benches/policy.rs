@@ -7,8 +7,15 @@
 //!   instance from the idle list, returned after the request);
 //! - `on_chunk/<policy>`: one 20-byte streamed delta on a live instance.
 //!
-//! Needs the built components: `./dev.sh policies`, then
-//! `cargo bench -p weir --bench policy`.
+//! Before those, each policy's size and load time are printed: compiled
+//! with Cranelift (an empty cache) and loaded from the precompiled cache,
+//! both including the type check and the smoke call.
+//!
+//! Needs the built components: `./dev.sh policies` (Rust) and
+//! `policies/build-other.sh` (Python, JavaScript), then
+//! `cargo bench -p weir --bench policy`. Missing ones are skipped;
+//! `secrets-js-quickjs` is secrets-js built with the QuickJS backend by hand
+//! (docs/languages.md).
 
 #![allow(clippy::expect_used)]
 
@@ -21,7 +28,7 @@ use weir::chat::ChatRequest;
 use weir::config::{OnError, PolicyConfig, PolicyKind};
 use weir::policy::{EngineOptions, GuardChain, MemoryKv, Policy, PolicyRuntime, RequestContext};
 
-const POLICIES: [(&str, &str); 4] = [
+const POLICIES: [(&str, &str); 8] = [
     ("allow-all", "{}"),
     ("pii-redact", "{}"),
     ("prompt-injection", "{}"),
@@ -29,6 +36,13 @@ const POLICIES: [(&str, &str); 4] = [
         "blocklist",
         r#"{"deny": ["project falcon"], "mask": ["darn", "heck"]}"#,
     ),
+    (
+        "topic-filter-py",
+        r#"{"responses": true, "topics": {"investment-advice": {"stocks": 1.5, "stock tips": 2.0, "portfolio": 1.0}, "medical": {"diagnose": 1.0, "symptoms": 0.5, "prescription": 1.0}}}"#,
+    ),
+    ("secrets-js", "{}"),
+    ("secrets-js-quickjs", "{}"),
+    ("length-limit-c", r#"{"max_request_bytes": 65536}"#),
 ];
 
 fn prompt_1kb() -> ChatRequest {
@@ -41,24 +55,15 @@ fn prompt_1kb() -> ChatRequest {
     ChatRequest::parse(body.to_string().as_bytes()).expect("a valid request")
 }
 
-fn load(
-    rt: &tokio::runtime::Runtime,
-    runtime: &Arc<PolicyRuntime>,
-    name: &str,
-    config: &str,
-    reuse: u32,
-) -> Option<Arc<Policy>> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+fn path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../target/policies")
-        .join(format!("{name}.wasm"));
-    if !path.is_file() {
-        eprintln!(
-            "skipping {name}: {} not built (./dev.sh policies)",
-            path.display()
-        );
-        return None;
-    }
-    let config = PolicyConfig {
+        .join(format!("{name}.wasm"))
+}
+
+fn policy_config(name: &str, config: &str, reuse: u32) -> PolicyConfig {
+    let path = path(name);
+    PolicyConfig {
         name: name.into(),
         kind: PolicyKind::Guardrail,
         path: path.clone(),
@@ -69,11 +74,62 @@ fn load(
         memory_mb: 32,
         max_hold_bytes: 1 << 20,
         reuse_instances: reuse,
-    };
+    }
+}
+
+fn load(
+    rt: &tokio::runtime::Runtime,
+    runtime: &Arc<PolicyRuntime>,
+    name: &str,
+    config: &str,
+    reuse: u32,
+) -> Option<Arc<Policy>> {
+    let path = path(name);
+    if !path.is_file() {
+        eprintln!(
+            "skipping {name}: {} not built (./dev.sh policies, policies/build-other.sh)",
+            path.display()
+        );
+        return None;
+    }
     Some(
-        rt.block_on(runtime.load_file(&config, &path))
+        rt.block_on(runtime.load_file(&policy_config(name, config, reuse), &path))
             .expect("the policy loads"),
     )
+}
+
+/// Size, compile time and cache-load time (median of 3 each), printed.
+fn report_load(rt: &tokio::runtime::Runtime, name: &str, config: &str) {
+    let path = path(name);
+    let Ok(meta) = std::fs::metadata(&path) else {
+        return;
+    };
+    let mut compiled = Vec::new();
+    let mut cached = Vec::new();
+    for _ in 0..3 {
+        let cache = tempfile::tempdir().expect("a temporary cache");
+        let options = EngineOptions {
+            cache_dir: Some(cache.path().to_path_buf()),
+            ..EngineOptions::default()
+        };
+        for times in [&mut compiled, &mut cached] {
+            // A new engine each time: nothing kept in memory between loads.
+            let runtime =
+                PolicyRuntime::new(&options, Arc::new(MemoryKv::default())).expect("engine");
+            let policy = rt
+                .block_on(runtime.load_file(&policy_config(name, config, 0), &path))
+                .expect("the policy loads");
+            times.push(policy.load_time);
+        }
+    }
+    compiled.sort();
+    cached.sort();
+    eprintln!(
+        "load/{name}: {:.1} MB, compile + check + smoke {:.0} ms, from the cache {:.1} ms",
+        meta.len() as f64 / 1e6,
+        compiled[1].as_secs_f64() * 1e3,
+        cached[1].as_secs_f64() * 1e3,
+    );
 }
 
 fn ctx(streaming: bool) -> RequestContext {
@@ -95,6 +151,7 @@ fn bench(c: &mut Criterion) {
         .expect("engine");
     let request = prompt_1kb();
     for (name, config) in POLICIES {
+        report_load(&rt, name, config);
         let Some(policy) = load(&rt, &runtime, name, config, 0) else {
             continue;
         };

@@ -10,6 +10,7 @@ mod cli;
 mod errors;
 mod failover;
 mod hotswap;
+mod languages;
 mod lifecycle;
 mod policies;
 mod providers;

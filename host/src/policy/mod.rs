@@ -60,6 +60,10 @@ pub enum LoadError {
     WrongWorld { world: &'static str, detail: String },
     #[error("the smoke call failed: {0}")]
     Smoke(String),
+    #[error(
+        "reuse_instances is unsafe for this component: {0}; remove reuse_instances (fresh instances are safe)"
+    )]
+    UnsafeReuse(String),
 }
 
 impl LoadError {
@@ -72,6 +76,7 @@ impl LoadError {
             LoadError::Compile(_) => "compile",
             LoadError::WrongWorld { .. } => "wrong_world",
             LoadError::Smoke(_) => "smoke",
+            LoadError::UnsafeReuse(_) => "unsafe_reuse",
         }
     }
 }
@@ -203,6 +208,11 @@ impl PolicyRuntime {
     ) -> Result<Arc<Policy>, LoadError> {
         let started = Instant::now();
         check_header(&bytes)?;
+        if config.reuse_instances > 0
+            && let Some(reason) = reuse_hazard(&bytes)
+        {
+            return Err(LoadError::UnsafeReuse(reason));
+        }
         let digest = digest(&bytes);
         let this = self.clone();
         let hex = digest.trim_start_matches("sha256:").to_string();
@@ -477,6 +487,53 @@ fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
     }
 }
 
+/// Why reusing one instance of this component for several requests is
+/// unsafe, if it is. Go guests (Go, TinyGo) trap on a reused instance when
+/// their garbage collector runs while the host copies arguments in, so they
+/// get fresh instances only. A Go guest is recognised by the `producers`
+/// section (`language: Go`, `processed-by: Go cmd/compile`, `TinyGo`,
+/// `wit-bindgen-go`) or Go's `go:buildid` section, in the component or any
+/// module nested in it. Only read when `reuse_instances` is set.
+pub fn reuse_hazard(bytes: &[u8]) -> Option<String> {
+    use wasmparser::{KnownCustom, Parser, Payload};
+    let go = |what: String| {
+        Some(format!(
+            "it was built with Go ({what}), whose garbage collector can trap in a reused instance"
+        ))
+    };
+    for payload in Parser::new(0).parse_all(bytes) {
+        // A malformed component is the compiler's to report.
+        let Ok(Payload::CustomSection(section)) = payload else {
+            continue;
+        };
+        if section.name() == "go:buildid" {
+            return go("a go:buildid section".into());
+        }
+        let KnownCustom::Producers(fields) = section.as_known() else {
+            continue;
+        };
+        for field in fields.into_iter().flatten() {
+            for value in field.values.into_iter().flatten() {
+                let name = value.name;
+                let is_go = match field.name {
+                    "language" => name.eq_ignore_ascii_case("go"),
+                    "processed-by" => {
+                        name.eq_ignore_ascii_case("go")
+                            || name.eq_ignore_ascii_case("tinygo")
+                            || name.eq_ignore_ascii_case("wit-bindgen-go")
+                            || name.starts_with("Go ")
+                    }
+                    _ => false,
+                };
+                if is_go {
+                    return go(format!("producers: {} {name}", field.name));
+                }
+            }
+        }
+    }
+    None
+}
+
 /// The guest's rejection as the gateway reports it.
 #[derive(Debug, Clone)]
 pub struct Rejection {
@@ -490,5 +547,101 @@ impl From<wit::Rejection> for Rejection {
             code: r.code,
             message: r.message,
         }
+    }
+}
+
+#[cfg(test)]
+mod reuse_hazard_tests {
+    use super::reuse_hazard;
+
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+
+    fn name(s: &str, out: &mut Vec<u8>) {
+        leb(s.len(), out);
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    fn section(id: u8, body: &[u8], out: &mut Vec<u8>) {
+        out.push(id);
+        leb(body.len(), out);
+        out.extend_from_slice(body);
+    }
+
+    fn custom(section_name: &str, data: &[u8]) -> Vec<u8> {
+        let mut body = Vec::new();
+        name(section_name, &mut body);
+        body.extend_from_slice(data);
+        let mut out = Vec::new();
+        section(0, &body, &mut out);
+        out
+    }
+
+    /// A producers section: (field, [(name, version)]).
+    fn producers(fields: &[(&str, &[(&str, &str)])]) -> Vec<u8> {
+        let mut data = Vec::new();
+        leb(fields.len(), &mut data);
+        for (field, values) in fields {
+            name(field, &mut data);
+            leb(values.len(), &mut data);
+            for (value, version) in *values {
+                name(value, &mut data);
+                name(version, &mut data);
+            }
+        }
+        custom("producers", &data)
+    }
+
+    /// A component holding one core module with `module_custom` inside,
+    /// followed by `component_custom` at the component level.
+    fn component(module_custom: &[u8], component_custom: &[u8]) -> Vec<u8> {
+        let mut module = b"\0asm\x01\0\0\0".to_vec();
+        module.extend_from_slice(module_custom);
+        let mut out = b"\0asm\x0d\0\x01\0".to_vec();
+        section(1, &module, &mut out);
+        out.extend_from_slice(component_custom);
+        out
+    }
+
+    #[test]
+    fn go_guests_are_recognised_in_nested_modules_and_at_the_top() {
+        let go = producers(&[
+            ("language", &[("Go", "go1.27.3")]),
+            ("processed-by", &[("Go cmd/compile", "go1.27.3")]),
+        ]);
+        let reason = reuse_hazard(&component(&go, &[])).expect("Go is unsafe");
+        assert!(reason.contains("built with Go"), "{reason}");
+        assert!(reason.contains("language Go"), "{reason}");
+
+        let tinygo = producers(&[("processed-by", &[("TinyGo", "0.35.0")])]);
+        assert!(reuse_hazard(&component(&[], &tinygo)).is_some());
+
+        let build_id = custom("go:buildid", b"\xff Go build ID: \"abc\"");
+        assert!(reuse_hazard(&component(&build_id, &[])).is_some());
+    }
+
+    #[test]
+    fn other_guests_and_garbage_are_not_flagged() {
+        let rust = producers(&[
+            ("language", &[("Rust", "")]),
+            (
+                "processed-by",
+                &[("rustc", "1.95.0"), ("wit-component", "0.240")],
+            ),
+        ]);
+        assert_eq!(reuse_hazard(&component(&rust, &rust)), None);
+        let python = producers(&[("processed-by", &[("componentize-py", "0.25.1")])]);
+        assert_eq!(reuse_hazard(&component(&[], &python)), None);
+        assert_eq!(reuse_hazard(b"not wasm at all"), None);
+        assert_eq!(reuse_hazard(&component(&[], &[])), None);
     }
 }

@@ -1,0 +1,448 @@
+//! Policies in other languages, through the binary: the Python
+//! (`topic-filter-py`, componentize-py), JavaScript (`secrets-js`,
+//! componentize-js) and C (`length-limit-c`, clang + wasm-component-ld)
+//! guardrails built from source by `policies/build-other.sh`, on requests
+//! and streamed chunks, under `weir policy test`, with `reuse_instances`;
+//! and the refusal of `reuse_instances` for Go guests.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use weir_testkit::client::{self, get, post_json};
+use weir_testkit::gateway::{Gateway, run};
+use weir_testkit::upstream::{Chat, MockUpstream, Reply};
+
+use crate::policies::{entry, policy};
+use crate::support::{bin, chat_body, config, start, stream_body};
+
+/// topic-filter-py's config in the tests (and in its test-config.json).
+const TOPICS: &str = r#"{ threshold = 2.0, responses = true, topics = { "investment-advice" = { stocks = 1.5, "stock tips" = 2.0, portfolio = 1.0, "buy shares" = 1.5 }, "medical-diagnosis" = { threshold = 1.5, keywords = { diagnose = 1.0, symptoms = 0.5, prescription = 1.0 } } } }"#;
+
+/// Interpreters start in about a millisecond; give them memory and a
+/// deadline that a busy two-core test machine cannot miss.
+const INTERPRETER: &str = "memory_mb = 64\ntimeout_ms = 2000\n";
+
+/// The non-empty content deltas of a stream.
+fn deltas(s: &client::SseResponse) -> Vec<String> {
+    s.chunks()
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .filter(|d| !d.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn finish_reason(s: &client::SseResponse) -> Value {
+    s.chunks()
+        .iter()
+        .rev()
+        .map(|c| c["choices"][0]["finish_reason"].clone())
+        .find(|f| !f.is_null())
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_topic_filter_denies_by_topic_and_blocks_streams_before_the_crossing_word() {
+    let up = MockUpstream::start().await;
+    let extra = entry(
+        "topic-filter-py",
+        &policy("topic-filter-py"),
+        true,
+        TOPICS,
+        INTERPRETER,
+    );
+    let gw = start(&config(&up, &extra));
+    let url = gw.url("/v1/chat/completions");
+
+    let ok = post_json(&url, &chat_body("Summarize the quarterly report."), None).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(
+        up.last().body["messages"][0]["content"],
+        "Summarize the quarterly report."
+    );
+
+    let before = up.received().len();
+    let denied = post_json(
+        &url,
+        &chat_body("Any stock tips? Which stocks should I pick?"),
+        None,
+    )
+    .await;
+    assert_eq!(denied.status, 400, "{}", denied.text());
+    assert_eq!(denied.error_code(), "off_topic");
+    let message = denied.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(message.contains("investment-advice"), "{message}");
+    assert_eq!(up.received().len(), before, "a denied request never leaves");
+    // A topic with its own threshold.
+    let medical = post_json(&url, &chat_body("Please diagnose my symptoms"), None).await;
+    assert_eq!(medical.status, 400);
+    assert!(
+        medical.text().contains("medical-diagnosis"),
+        "{}",
+        medical.text()
+    );
+
+    // "stock" + "s" is held and scored as "stocks" (1.5, allowed);
+    // "portf" + "olio" crosses the threshold and is never released.
+    up.push(Reply::Chat(
+        Chat::text(&[
+            "Here are some stock",
+            "s and a portf",
+            "olio plan",
+            " for you.",
+        ])
+        .delay(Duration::from_millis(10)),
+    ));
+    let s = client::stream(&url, &stream_body("hi"), None).await;
+    assert_eq!(s.status, 200);
+    assert!(s.done(), "a block ends with [DONE]: {:?}", s.events);
+    assert_eq!(s.text(), "Here are some stocks and a ");
+    assert_eq!(finish_reason(&s), "content_filter");
+    for delta in deltas(&s) {
+        assert!(!delta.contains("portf"), "leaked {delta:?}");
+    }
+    assert!(!s.raw.contains("for you"));
+
+    // Clean text streams through whole; the trailing word is released at the end.
+    up.push(Reply::Chat(Chat::text(&["The report ", "is rea", "dy"])));
+    let s = client::stream(&url, &stream_body("hi"), None).await;
+    assert!(s.done());
+    assert_eq!(s.text(), "The report is ready");
+    assert_eq!(finish_reason(&s), "stop");
+
+    // Not streamed: the same guard over the whole text.
+    up.push(Reply::Chat(Chat::text(&["Buy shares for your portfolio."])));
+    let r = post_json(&url, &chat_body("hi"), None).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-weir-policy"), Some("topic-filter-py"));
+    assert_eq!(r.json()["choices"][0]["finish_reason"], "content_filter");
+    assert_eq!(r.json()["choices"][0]["message"]["content"], Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn javascript_secrets_redact_requests_and_keys_split_across_chunks() {
+    let up = MockUpstream::start().await;
+    let extra = entry(
+        "secrets-js",
+        &policy("secrets-js"),
+        true,
+        "{ action = \"redact\" }",
+        INTERPRETER,
+    );
+    let gw = start(&config(&up, &extra));
+    let url = gw.url("/v1/chat/completions");
+
+    let r = post_json(
+        &url,
+        &chat_body("my key AKIAIOSFODNN7EXAMPLE fails, and sk-proj-abcdefghijklmnopqrstuvwxyz too"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        up.last().body["messages"][0]["content"],
+        "my key [REDACTED_AWS_ACCESS_KEY] fails, and [REDACTED_OPENAI_KEY] too"
+    );
+    // Tool-call arguments are redacted too, other fields kept.
+    let body = json!({"model": "chat", "messages": [
+        {"role": "user", "content": "deploy"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "deploy", "arguments": "{\"token\":\"ghp_abcdefghijklmnopqrstuvwxyz0123456789\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "ok"},
+    ]});
+    assert_eq!(post_json(&url, &body, None).await.status, 200);
+    let sent = up.last().body["messages"].clone();
+    assert_eq!(
+        sent[1]["tool_calls"][0]["function"]["arguments"],
+        "{\"token\":\"[REDACTED_GITHUB_TOKEN]\"}"
+    );
+    assert_eq!(sent[1]["tool_calls"][0]["id"], "call_1");
+
+    // A GitHub token in three deltas: no piece of it is ever sent.
+    up.push(Reply::Chat(
+        Chat::text(&[
+            "Your token is gh",
+            "p_abcdefghijklmnopqrstu",
+            "vwxyz0123456789AB",
+            " - keep it safe.",
+        ])
+        .delay(Duration::from_millis(10)),
+    ));
+    let s = client::stream(&url, &stream_body("hi"), None).await;
+    assert!(s.done(), "{:?}", s.events);
+    assert_eq!(
+        s.text(),
+        "Your token is [REDACTED_GITHUB_TOKEN] - keep it safe."
+    );
+    for delta in deltas(&s) {
+        assert!(
+            !delta.contains("gh") && !delta.contains("abcdef") && !delta.contains("vwxyz"),
+            "leaked {delta:?}"
+        );
+    }
+    // Ordinary text is not held: "Your token is " went out before the key ended.
+    assert_eq!(deltas(&s)[0], "Your token is ");
+
+    // A private key is held until its END line, then redacted whole.
+    up.push(Reply::Chat(Chat::text(&[
+        "Here:\n-----BEG",
+        "IN RSA PRIVATE KEY-----\nMIIEow",
+        "IBAAKCAQEA\n-----END RSA PRIVATE KEY-----\nDone.",
+    ])));
+    let s = client::stream(&url, &stream_body("hi"), None).await;
+    assert_eq!(s.text(), "Here:\n[REDACTED_PRIVATE_KEY]\nDone.");
+    assert!(!s.raw.contains("MIIE"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn javascript_secrets_block_mode_denies_and_stops_the_stream() {
+    let up = MockUpstream::start().await;
+    let extra = entry(
+        "secrets-js",
+        &policy("secrets-js"),
+        true,
+        "{ action = \"block\" }",
+        INTERPRETER,
+    );
+    let gw = start(&config(&up, &extra));
+    let url = gw.url("/v1/chat/completions");
+
+    let denied = post_json(&url, &chat_body("key AKIAIOSFODNN7EXAMPLE"), None).await;
+    assert_eq!(denied.status, 400);
+    assert_eq!(denied.error_code(), "secret_detected");
+    assert!(
+        denied.text().contains("aws-access-key"),
+        "{}",
+        denied.text()
+    );
+    assert!(!denied.text().contains("AKIAIOSFODNN7EXAMPLE"));
+
+    up.push(Reply::Chat(
+        Chat::text(&[
+            "the key is sk-abcdefghij",
+            "klmnopqrstuvwxyz and more",
+            " text",
+        ])
+        .delay(Duration::from_millis(10)),
+    ));
+    let s = client::stream(&url, &stream_body("hi"), None).await;
+    assert!(s.done(), "{:?}", s.events);
+    assert_eq!(s.text(), "the key is ");
+    assert_eq!(finish_reason(&s), "content_filter");
+    assert!(!s.raw.contains("sk-"));
+}
+
+/// `weir policy test` over the cases each policy ships with.
+#[test]
+fn policy_test_runs_the_cases_each_policy_ships_with() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let topics_config =
+        std::fs::read_to_string(root.join("topic-filter-py/test-config.json")).unwrap();
+    let runs = [
+        ("topic-filter-py", "cases.jsonl", topics_config.as_str()),
+        ("secrets-js", "cases.jsonl", "{}"),
+        ("secrets-js", "block-cases.jsonl", "{\"action\": \"block\"}"),
+        (
+            "length-limit-c",
+            "cases.jsonl",
+            "{\"max_request_bytes\": 40, \"max_response_bytes\": 25}",
+        ),
+    ];
+    for (name, cases, policy_config) in runs {
+        let wasm = policy(name);
+        let (code, out, err) = run(
+            bin(),
+            &[
+                "policy",
+                "test",
+                wasm.to_str().unwrap(),
+                "--cases",
+                cases,
+                "--policy-config",
+                policy_config,
+            ],
+            &root.join(name),
+        );
+        assert_eq!(code, 0, "{name} {cases}: {out}{err}");
+        assert!(out.contains(" 0 failed"), "{out}");
+    }
+
+    // A failing expectation exits 1 (the cases really are checked).
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = json!({"name": "wrong", "request": {"messages": [{"role": "user", "content": "stock tips"}]}, "expect": "allow"});
+    std::fs::write(dir.path().join("wrong.jsonl"), wrong.to_string()).unwrap();
+    let wasm = policy("topic-filter-py");
+    let (code, out, _) = run(
+        bin(),
+        &[
+            "policy",
+            "test",
+            wasm.to_str().unwrap(),
+            "--cases",
+            "wrong.jsonl",
+            "--policy-config",
+            &topics_config,
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("expected allow, got deny"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c_length_limit_refuses_long_requests_and_ends_long_responses() {
+    let up = MockUpstream::start().await;
+    let extra = entry(
+        "length-limit-c",
+        &policy("length-limit-c"),
+        true,
+        "{ max_request_bytes = 40, max_response_bytes = 25 }",
+        "reuse_instances = 4",
+    );
+    let gw = start(&config(&up, &extra));
+    let url = gw.url("/v1/chat/completions");
+    for _ in 0..6 {
+        assert_eq!(post_json(&url, &chat_body("short"), None).await.status, 200);
+        let long = post_json(&url, &chat_body(&"x".repeat(41)), None).await;
+        assert_eq!(long.status, 400);
+        assert_eq!(long.error_code(), "request_too_long");
+        assert!(long.text().contains("41 bytes of text; the limit is 40"));
+    }
+    up.push(Reply::Chat(Chat::text(&[
+        "0123456789",
+        "0123456789",
+        "0123456789",
+        "never sent",
+    ])));
+    let s = client::stream(&url, &stream_body("hi"), None).await;
+    assert!(s.done(), "{:?}", s.events);
+    assert_eq!(s.text(), "01234567890123456789");
+    assert_eq!(finish_reason(&s), "content_filter");
+}
+
+/// Fresh instances started for `policy`, from the admin metrics.
+async fn instantiations(gw: &Gateway, policy: &str) -> u64 {
+    let metrics = get(&gw.admin_url("/metrics"), None).await.text();
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("weir_policy_call_duration_seconds_count")
+                && l.contains("hook=\"instantiate\"")
+                && l.contains(&format!("policy=\"{policy}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reuse_instances_serves_python_and_javascript_guardrails_correctly() {
+    let up = MockUpstream::start().await;
+    let reuse = format!("{INTERPRETER}reuse_instances = 5\n");
+    let extra = entry(
+        "topic-filter-py",
+        &policy("topic-filter-py"),
+        true,
+        TOPICS,
+        &reuse,
+    ) + &entry("secrets-js", &policy("secrets-js"), true, "{}", &reuse);
+    let gw = start(&config(&up, &extra));
+    let url = gw.url("/v1/chat/completions");
+
+    let rounds = 10;
+    for i in 0..rounds {
+        let ok = post_json(
+            &url,
+            &chat_body(&format!("report {i} AKIAIOSFODNN7EXAMPLE")),
+            None,
+        )
+        .await;
+        assert_eq!(ok.status, 200, "{}", ok.text());
+        assert_eq!(
+            up.last().body["messages"][0]["content"],
+            format!("report {i} [REDACTED_AWS_ACCESS_KEY]")
+        );
+        // Per-response state lives in the guard, not the instance: every
+        // stream starts clean on a reused instance.
+        up.push(Reply::Chat(Chat::text(&[
+            "one stock",
+            "s, key AKIAIOSFOD",
+            "NN7EXAMPLE.",
+        ])));
+        let s = client::stream(&url, &stream_body("hi"), None).await;
+        assert!(s.done(), "round {i}: {:?}", s.events);
+        assert_eq!(
+            s.text(),
+            "one stocks, key [REDACTED_AWS_ACCESS_KEY].",
+            "round {i}"
+        );
+    }
+    // 20 requests per policy, at most 5 per instance.
+    for name in ["topic-filter-py", "secrets-js"] {
+        let fresh = instantiations(&gw, name).await;
+        assert!(
+            (4..=6).contains(&fresh),
+            "{name}: {fresh} fresh instances for {} requests",
+            2 * rounds
+        );
+    }
+    // A denial on a reused instance is still a denial, and the next
+    // request is served normally.
+    for _ in 0..3 {
+        let denied = post_json(&url, &chat_body("stock tips on stocks"), None).await;
+        assert_eq!(denied.status, 400);
+        assert_eq!(denied.error_code(), "off_topic");
+        let ok = post_json(&url, &chat_body("the weather"), None).await;
+        assert_eq!(ok.status, 200);
+    }
+}
+
+/// The WebAssembly `producers` custom section with one field.
+fn producers_section(field: &str, name: &str, version: &str) -> Vec<u8> {
+    fn string(s: &str, out: &mut Vec<u8>) {
+        assert!(s.len() < 128);
+        out.push(s.len() as u8);
+        out.extend_from_slice(s.as_bytes());
+    }
+    let mut body = Vec::new();
+    string("producers", &mut body);
+    body.push(1);
+    string(field, &mut body);
+    body.push(1);
+    string(name, &mut body);
+    string(version, &mut body);
+    assert!(body.len() < 128);
+    let mut out = vec![0, body.len() as u8];
+    out.extend_from_slice(&body);
+    out
+}
+
+#[test]
+fn go_guests_are_refused_reuse_instances_with_the_reason() {
+    // No Go toolchain here (see docs/languages.md): a real component that
+    // says it was produced by Go, as Go's linker does.
+    let dir = tempfile::tempdir().unwrap();
+    let mut go = std::fs::read(policy("allow-all")).unwrap();
+    go.extend(producers_section("language", "Go", "go1.27.3"));
+    std::fs::write(dir.path().join("go.wasm"), go).unwrap();
+    let check = |reuse: &str| {
+        let cfg = format!(
+            "[[providers]]\nname = \"m\"\nkind = \"mock\"\n[[models]]\nname = \"m\"\ntargets = [{{ provider = \"m\", model = \"m\" }}]\n[[policies]]\nname = \"go\"\nkind = \"guardrail\"\npath = \"go.wasm\"\n{reuse}\n"
+        );
+        std::fs::write(dir.path().join("weir.toml"), cfg).unwrap();
+        run(bin(), &["check", "--config", "weir.toml"], dir.path())
+    };
+    let (code, out, err) = check("reuse_instances = 4");
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("policies[0]")
+            && err.contains("reuse_instances is unsafe")
+            && err.contains("built with Go (producers: language Go)"),
+        "{err}"
+    );
+    let (code, out, err) = check("");
+    assert_eq!(code, 0, "fresh instances are fine: {out}{err}");
+}
