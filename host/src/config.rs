@@ -88,6 +88,7 @@ pub struct Config {
     pub base_dir: PathBuf,
     pub server: ServerConfig,
     pub state: StateConfig,
+    pub pricing: PricingConfig,
     pub providers: Vec<ProviderConfig>,
     pub models: Vec<ModelConfig>,
     pub keys: Vec<KeyConfig>,
@@ -155,6 +156,16 @@ impl Default for StateConfig {
             url: None,
         }
     }
+}
+
+/// `[pricing]`: where prices come from when a model sets none.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PricingConfig {
+    /// A price file (the format of `pricing/prices.toml`) whose entries
+    /// add to and override the shipped table; relative to the config's
+    /// folder.
+    pub file: Option<PathBuf>,
 }
 
 /// Where usage, spend and limit counters live.
@@ -522,6 +533,7 @@ impl Config {
         };
         let server = section(&mut table, "server", &mut errors).unwrap_or_default();
         let state = section(&mut table, "state", &mut errors).unwrap_or_default();
+        let pricing = section(&mut table, "pricing", &mut errors).unwrap_or_default();
         let providers = array(&mut table, "providers", &mut errors);
         let models = array(&mut table, "models", &mut errors);
         let keys = array(&mut table, "keys", &mut errors);
@@ -529,7 +541,7 @@ impl Config {
         for unknown in table.keys() {
             errors.push(ConfigError {
                 key: unknown.clone(),
-                reason: "unknown section; expected one of server, state, providers, models, keys, policies".into(),
+                reason: "unknown section; expected one of server, state, pricing, providers, models, keys, policies".into(),
             });
         }
         let config = Config {
@@ -537,6 +549,7 @@ impl Config {
             base_dir,
             server,
             state,
+            pricing,
             providers,
             models,
             keys,
@@ -592,6 +605,11 @@ impl Config {
         }
         if self.state.backend == StateBackend::Redis && self.state.url.is_none() {
             err("state.url".into(), "the redis backend needs a `url`".into());
+        }
+        if let Some(path) = self.pricing_file()
+            && let Err(e) = crate::pricing::PriceTable::with_file(&path)
+        {
+            err("pricing.file".into(), e.to_string());
         }
 
         let mut provider_names = HashSet::new();
@@ -872,6 +890,11 @@ impl Config {
         }
     }
 
+    /// `[pricing] file`, resolved against the config file's folder.
+    pub fn pricing_file(&self) -> Option<PathBuf> {
+        self.pricing.file.as_ref().map(|f| self.base_dir.join(f))
+    }
+
     /// A policy's path, resolved against the config file's folder.
     pub fn policy_path(&self, policy: &PolicyConfig) -> PathBuf {
         self.base_dir.join(&policy.path)
@@ -1031,6 +1054,38 @@ mod tests {
         assert!(keys.contains(&"keys[0].key"), "{errs:?}");
         assert!(keys.contains(&"keys[0].models[0]"), "{errs:?}");
         assert!(keys.iter().any(|k| k.starts_with("keys[1]")), "{errs:?}");
+    }
+
+    #[test]
+    fn pricing_file_is_checked_relative_to_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let parse = |text: &str| Config::parse(text, "t.toml", dir.path().to_path_buf());
+        let c = parse("").unwrap();
+        assert!(c.pricing.file.is_none());
+        let errs = parse("[pricing]\nfile = \"prices.toml\"\n")
+            .unwrap_err()
+            .errors;
+        assert_eq!(errs[0].key, "pricing.file");
+        assert!(errs[0].reason.contains("cannot read"), "{errs:?}");
+        std::fs::write(
+            dir.path().join("prices.toml"),
+            "[models]\n\"x\" = { input = 1 }\n",
+        )
+        .unwrap();
+        let errs = parse("[pricing]\nfile = \"prices.toml\"\n")
+            .unwrap_err()
+            .errors;
+        assert_eq!(errs[0].key, "pricing.file");
+        assert!(errs[0].reason.contains("models.\"x\""), "{errs:?}");
+        std::fs::write(
+            dir.path().join("prices.toml"),
+            "[models]\n\"x\" = { input_per_mtok = 1.0, output_per_mtok = 2.0 }\n",
+        )
+        .unwrap();
+        let c = parse("[pricing]\nfile = \"prices.toml\"\n").unwrap();
+        assert_eq!(c.pricing_file(), Some(dir.path().join("prices.toml")));
+        let errs = parse("[pricing]\npath = \"x\"\n").unwrap_err().errors;
+        assert!(errs[0].key.starts_with("pricing"), "{errs:?}");
     }
 
     #[test]

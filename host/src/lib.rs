@@ -19,6 +19,7 @@ pub mod gateway;
 pub mod limits;
 pub mod metrics;
 pub mod policy;
+pub mod pricing;
 pub mod providers;
 pub mod routing;
 pub mod server;
