@@ -421,17 +421,19 @@ impl PolicyRuntime {
         };
         let wit_candidates: Vec<_> = candidates
             .iter()
-            .map(|c| bindings::router::exports::weir::policy::router::Candidate {
-                provider: c.provider.clone(),
-                model: c.model.clone(),
-                healthy: c.healthy,
-                latency_ewma_us: c.latency_ewma_us,
-                ttft_ewma_us: c.ttft_ewma_us,
-                error_rate_permille: c.error_rate_permille,
-                in_flight: c.in_flight,
-                input_micro_usd_per_mtok: c.input_micro_usd_per_mtok,
-                output_micro_usd_per_mtok: c.output_micro_usd_per_mtok,
-            })
+            .map(
+                |c| bindings::router::exports::weir::policy::router::Candidate {
+                    provider: c.provider.clone(),
+                    model: c.model.clone(),
+                    healthy: c.healthy,
+                    latency_ewma_us: c.latency_ewma_us,
+                    ttft_ewma_us: c.ttft_ewma_us,
+                    error_rate_permille: c.error_rate_permille,
+                    in_flight: c.in_flight,
+                    input_micro_usd_per_mtok: c.input_micro_usd_per_mtok,
+                    output_micro_usd_per_mtok: c.output_micro_usd_per_mtok,
+                },
+            )
             .collect();
         let result = bindings
             .weir_policy_router()
@@ -452,6 +454,94 @@ impl PolicyRuntime {
             out.push(i);
         }
         Ok(out)
+    }
+}
+
+/// Whether a pricing call prices an estimate before sending or what the
+/// provider reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PricePhase {
+    /// Estimated usage, for a budget check before the request is sent.
+    Estimate,
+    /// The provider's reported usage: the result is what is charged.
+    Actual,
+}
+
+/// Token usage as a pricing policy sees it. Cached input tokens are a
+/// subset of `input_tokens`, reasoning tokens a subset of `output_tokens`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PolicyUsage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cached_input_tokens: u64,
+    pub reasoning_tokens: u64,
+}
+
+impl PolicyRuntime {
+    /// Ask a pricing policy what `usage` on `provider`/`model` (the
+    /// provider's model name) costs, in micro-USD. Any failure (trap,
+    /// timeout, the policy's own error, a full instance pool) is an `Err`
+    /// with the reason; the caller decides what to charge then.
+    pub async fn price(
+        &self,
+        policy: &Policy,
+        ctx: &RequestContext,
+        phase: PricePhase,
+        provider: &str,
+        model: &str,
+        usage: &PolicyUsage,
+    ) -> Result<u64, String> {
+        let Pre::Pricing(pre) = &policy.pre else {
+            return Err(format!("policy `{}` is not a pricing policy", policy.name));
+        };
+        let _permit = self
+            .engine
+            .try_permit()
+            .ok_or("the policy instance pool is full")?;
+        let started = Instant::now();
+        let mut store = self
+            .engine
+            .store(policy.meta.clone(), ctx.request_id.as_str().into());
+        store.set_epoch_deadline(policy.limits.ticks);
+        let err = |e: wasmtime::Error| guardrail::describe_failure(&e).1;
+        let bindings = pre.instantiate_async(&mut store).await.map_err(err)?;
+        store.set_epoch_deadline(policy.limits.ticks);
+        let info = wit::RequestInfo {
+            request_id: ctx.request_id.clone(),
+            key_name: ctx.key_name.clone(),
+            model: ctx.model.clone(),
+            streaming: ctx.streaming,
+            metadata: ctx.metadata.clone(),
+        };
+        let result = bindings
+            .weir_policy_pricing()
+            .call_price(
+                &mut store,
+                &info,
+                wit_phase(phase),
+                provider,
+                model,
+                wit::Usage {
+                    input_tokens: usage.input_tokens,
+                    output_tokens: usage.output_tokens,
+                    cached_input_tokens: usage.cached_input_tokens,
+                    reasoning_tokens: usage.reasoning_tokens,
+                },
+            )
+            .await;
+        counter!("weir_policy_calls_total", "policy" => policy.name.clone(), "hook" => "price")
+            .increment(1);
+        histogram!("weir_policy_call_duration_seconds", "policy" => policy.name.clone(), "hook" => "price")
+            .record(started.elapsed().as_secs_f64());
+        result.map_err(err)?
+    }
+}
+
+fn wit_phase(phase: PricePhase) -> bindings::pricing::exports::weir::policy::pricing::Phase {
+    use bindings::pricing::exports::weir::policy::pricing::Phase;
+    match phase {
+        PricePhase::Estimate => Phase::Estimate,
+        PricePhase::Actual => Phase::Actual,
     }
 }
 
@@ -547,6 +637,19 @@ impl From<wit::Rejection> for Rejection {
             code: r.code,
             message: r.message,
         }
+    }
+}
+
+#[cfg(test)]
+mod price_tests {
+    use super::*;
+    use bindings::pricing::exports::weir::policy::pricing::Phase;
+
+    #[test]
+    fn phases_map_to_the_wit_enum() {
+        assert!(matches!(wit_phase(PricePhase::Estimate), Phase::Estimate));
+        assert!(matches!(wit_phase(PricePhase::Actual), Phase::Actual));
+        assert_eq!(PolicyUsage::default().input_tokens, 0);
     }
 }
 
