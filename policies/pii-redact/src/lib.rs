@@ -160,10 +160,12 @@ fn redact_in_place(text: &mut String, enabled: EntitySet, action: Action) -> Ent
     match action {
         Action::Deny => detect::scan(text, enabled),
         Action::Redact => {
-            let (redacted, found) = detect::redact(text, enabled);
-            if !found.is_empty() {
-                *text = redacted;
+            let matches = detect::find(text, enabled);
+            if matches.is_empty() {
+                return EntitySet::default();
             }
+            let (redacted, found) = detect::redact_found(text, matches);
+            *text = redacted;
             found
         }
     }

@@ -202,17 +202,17 @@ fn viable_number(s: &[u8]) -> bool {
 /// Could `s` start with a spaced IBAN: two capital letters and two digits,
 /// then groups of capitals and digits.
 fn viable_iban(s: &[u8]) -> bool {
-    let chars: Vec<u8> = s.iter().copied().filter(|c| *c != b' ').collect();
-    let head_ok = chars.iter().take(4).enumerate().all(|(n, c)| {
+    // Called for every trailing group of every streamed delta, so it
+    // doesn't collect the characters into a vector.
+    let mut chars = s.iter().filter(|c| **c != b' ');
+    let head_ok = chars.clone().take(4).enumerate().all(|(n, c)| {
         if n < 2 {
             c.is_ascii_uppercase()
         } else {
             c.is_ascii_digit()
         }
     });
-    let body_ok = chars
-        .iter()
-        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
+    let body_ok = chars.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
     let spaces_ok = !s.windows(2).any(|w| w == b"  ") && s.get(4).is_none_or(|c| *c == b' ');
     head_ok && body_ok && spaces_ok && s.len() <= SPACED_MAX
 }
@@ -224,7 +224,7 @@ fn pem_header_prefix_start(text: &str) -> Option<usize> {
     let from = b.len().saturating_sub(80);
     let start = (from..b.len())
         .rev()
-        .find(|&i| b[i..].starts_with(b"-----BEGIN "))?;
+        .find(|&i| b[i] == b'-' && b[i..].starts_with(b"-----BEGIN "))?;
     let label = &b[start + 11..];
     let unfinished = label
         .iter()

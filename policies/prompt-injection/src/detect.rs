@@ -1,20 +1,46 @@
 //! A scored heuristic detector for prompt injection.
 //!
-//! The text is normalised once — lowercased, fullwidth letters folded to
-//! ASCII, apostrophes dropped ("don't" → "dont"), zero-width characters
-//! removed, every other non-alphanumeric run turned into one space — and
-//! split into words. Phrase patterns are sequences of word slots (required,
-//! optional, or a gap of up to n words), so "Ignore   ALL the previous
-//! instructions!" and "ignore prior directions" are one pattern. Only
-//! positions whose word can start a pattern are tried (one lookup in a hash
-//! table built at compile time), which keeps a 1 KB prompt at a few
-//! microseconds.
+//! The text is read as normalised words — lowercased, fullwidth letters
+//! folded to ASCII, apostrophes dropped ("don't" → "dont"), zero-width
+//! characters removed, any other non-alphanumeric character a word break.
+//! Phrase patterns are sequences of word slots (required, optional, or a
+//! gap of up to n words), so "Ignore   ALL the previous instructions!" and
+//! "ignore prior directions" are one pattern. Only a word that can start a
+//! pattern (one lookup in a hash table built at compile time) has patterns
+//! tried from it.
 //!
 //! Hidden text is decoded and scanned again: long base64 runs, and Unicode
 //! tag characters (U+E0000–U+E007F, invisible ASCII; emoji flag sequences
 //! excepted). Finding a phrase signal inside adds that signal plus the
 //! hiding signal; zero-width characters inside words are a signal of their
 //! own. Each signal counts once, with its weight; the score is the sum.
+//!
+//! # Cost
+//!
+//! The gateway runs this on every request, in WebAssembly, where every
+//! memory access is bounds-checked and there is no SIMD; what costs is work
+//! per byte and per word. So:
+//!
+//! - [`ByteMaps`] classifies the text eight bytes at a time with word-wide
+//!   arithmetic into bitmaps, one bit a byte: where *regions* (runs of
+//!   non-separators) start and end, and which bytes are *special* (an
+//!   apostrophe or non-ASCII). Every separator ends a word and resets the
+//!   per-word state, so each region can be normalised on its own.
+//! - [`Regions`] walks those bitmaps with `trailing_zeros`. A region of
+//!   ASCII letters and digits — nearly all of them — is a word as it
+//!   stands: it is not copied, only hashed from one 8-byte load and looked
+//!   up in [`FIRST_TABLE`] (68 first words in 2048 slots, so 97% of other
+//!   words find an empty slot). A special region is normalised character by
+//!   character ([`normalize_region`]).
+//! - After a word that starts a pattern, the words that follow are
+//!   normalised only as the pattern asks for them ([`Ahead`]).
+//! - Whether base64 may be hidden comes out of the same pass: a run of 24
+//!   base64 bytes covers two aligned 8-byte chunks of them.
+//!
+//! Measured in the `policy` benchmark (a 1 KB prompt with no signals, on a
+//! reused instance): about 1.5 µs of guest work, down from about 10 µs
+//! when every byte was copied into a normalised string and every word hashed
+//! byte by byte, with base64 runs looked for in a second pass.
 
 /// Something that suggests an injection attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -135,18 +161,19 @@ pub fn analyze(text: &str) -> Signals {
 }
 
 fn analyze_at(text: &str, depth: u8) -> Signals {
-    let normalized = normalize(text);
-    let mut signals = phrases(&normalized);
-    if normalized.zero_width_in_word {
+    let maps = ByteMaps::new(text.as_bytes());
+    let mut found = Normalized::default();
+    let mut signals = phrases(text, &maps, &mut found);
+    if found.zero_width_in_word {
         signals = signals.with(Signal::ZeroWidthObfuscation);
     }
-    if !normalized.tag_text.is_empty() {
+    if !found.tag_text.is_empty() {
         signals = signals.with(Signal::UnicodeTagSmuggling);
         if depth < MAX_DEPTH {
-            signals = signals.union(analyze_at(&normalized.tag_text, depth + 1));
+            signals = signals.union(analyze_at(&found.tag_text, depth + 1));
         }
     }
-    if depth < MAX_DEPTH {
+    if depth < MAX_DEPTH && maps.base64 {
         for decoded in base64_texts(text) {
             let inner = analyze_at(&decoded, depth + 1);
             if inner.has_phrase() {
@@ -158,12 +185,163 @@ fn analyze_at(text: &str, depth: u8) -> Signals {
 }
 
 // ---------------------------------------------------------------------------
-// Normalisation.
+// Bytes.
 
+/// Where a text's regions start and end and where its special bytes are,
+/// one bit a byte (bit `i % 64` of block `i / 64`), worked out 8 bytes at a
+/// time with word-wide arithmetic: no branch per byte.
+struct ByteMaps {
+    blocks: Vec<[u64; 3]>,
+    /// Some 16 bytes in a row (two aligned 8-byte chunks) are all from `+`
+    /// to `z`, which takes in every base64 byte: true whenever the text
+    /// has a run of [`MIN_BASE64`] of them, which covers two such chunks.
+    base64: bool,
+}
+
+/// The maps of [`ByteMaps`].
+#[derive(Clone, Copy)]
+enum Map {
+    /// The first byte of a region: a byte that is not a separator (an ASCII
+    /// letter, digit or apostrophe, or non-ASCII) after one that is.
+    Start,
+    /// The first separator after a region (the text is padded with them).
+    End,
+    /// An apostrophe or non-ASCII: a region with one goes through
+    /// [`normalize_region`].
+    Special,
+}
+
+/// `0x01` in every byte.
+const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+/// `0x80` in every byte.
+const HIGH: u64 = ONES * 0x80;
+
+impl ByteMaps {
+    fn new(b: &[u8]) -> Self {
+        let mut blocks = Vec::with_capacity(b.len() / 64 + 1);
+        let mut state = Classify::default();
+        let mut chunks = b.chunks_exact(64);
+        for chunk in chunks.by_ref() {
+            blocks.push(state.block(chunk));
+        }
+        // The rest, padded with NUL (a separator); always one block, so the
+        // end of a region that ends the text is in it.
+        let mut tail = [0; 64];
+        let rest = chunks.remainder();
+        tail[..rest.len()].copy_from_slice(rest);
+        blocks.push(state.block(&tail));
+        Self {
+            blocks,
+            base64: state.base64,
+        }
+    }
+
+    /// The first byte at or after `from` whose bit in `map` is set;
+    /// `usize::MAX` if none.
+    fn next(&self, map: Map, from: usize) -> usize {
+        let mut block = from / 64;
+        let Some(first) = self.blocks.get(block) else {
+            return usize::MAX;
+        };
+        let mut m = first[map as usize] & (u64::MAX << (from % 64));
+        while m == 0 {
+            block += 1;
+            let Some(next) = self.blocks.get(block) else {
+                return usize::MAX;
+            };
+            m = next[map as usize];
+        }
+        block * 64 + m.trailing_zeros() as usize
+    }
+}
+
+/// What [`ByteMaps::new`] carries from one block to the next.
+#[derive(Default)]
+struct Classify {
+    /// The last byte was in a region (1) or not (0).
+    in_region: u64,
+    /// The last 8 bytes were all from `+` to `z`.
+    base64_chunk: bool,
+    /// [`ByteMaps::base64`].
+    base64: bool,
+}
+
+impl Classify {
+    /// The maps of the 64 bytes of `chunk`.
+    #[inline(always)]
+    fn block(&mut self, chunk: &[u8]) -> [u64; 3] {
+        let (mut region, mut special) = (0, 0);
+        let (mut base64_chunk, mut base64) = (self.base64_chunk, false);
+        for (i, bytes) in chunk.chunks_exact(8).enumerate() {
+            let mut word = [0; 8];
+            word.copy_from_slice(bytes);
+            let x = u64::from_le_bytes(word);
+            // Bit 7 of each byte is set below where the byte is of a class.
+            // With bit 7 cleared (`y`), adding `0x80 - lo` to a byte sets it
+            // when the byte is at least `lo`, and never carries into the next.
+            let non_ascii = x & HIGH;
+            let y = x ^ non_ascii;
+            let at_least = |y: u64, lo: u8| y + ONES * u64::from(0x80 - lo);
+            let lower = y | (ONES * 0x20);
+            let letter = at_least(lower, b'a') & !at_least(lower, b'z' + 1);
+            let digit = at_least(y, b'0') & !at_least(y, b'9' + 1);
+            // Zero bytes of `y ^ '\''` are the ones that stay below 0x80.
+            let apostrophe = !((y ^ (ONES * u64::from(b'\''))) + ONES * 0x7F);
+            let special_bytes = (apostrophe | non_ascii) & HIGH;
+            let region_bytes = (letter | digit | apostrophe | non_ascii) & HIGH;
+            let all_base64 = at_least(y, b'+') & !non_ascii & HIGH == HIGH;
+            base64 |= base64_chunk & all_base64;
+            base64_chunk = all_base64;
+            region |= gather(region_bytes) << (8 * i);
+            special |= gather(special_bytes) << (8 * i);
+        }
+        self.base64_chunk = base64_chunk;
+        self.base64 |= base64;
+        let before = region << 1 | self.in_region;
+        self.in_region = region >> 63;
+        [region & !before, before & !region, special]
+    }
+}
+
+/// The bit-7 flags of the 8 bytes of `m` (each `0x80` or `0`) as 8 bits.
+fn gather(m: u64) -> u64 {
+    ((m >> 7).wrapping_mul(0x0102_0408_1020_4080)) >> 56
+}
+
+// ---------------------------------------------------------------------------
+// Words.
+
+/// One word.
+#[derive(Clone, Copy)]
+struct Word {
+    start: u32,
+    end: u32,
+    /// The word's [`FIRST_TABLE`] slot, [`slot_of`] its lowercase form.
+    slot: u16,
+    /// In [`Normalized::text`]; otherwise ASCII letters and digits of the
+    /// raw text, in any case.
+    normalized: bool,
+}
+
+impl Word {
+    /// A region of ASCII letters and digits, `raw[start..end]`.
+    #[inline(always)]
+    fn ascii(raw: &[u8], start: usize, end: usize) -> Self {
+        Word {
+            start: start as u32,
+            end: end as u32,
+            slot: slot_of_ascii(raw, start, end) as u16,
+            normalized: false,
+        }
+    }
+}
+
+/// Normalised words, and what hides in the text they came from.
+#[derive(Default)]
 struct Normalized {
-    /// Lowercase words separated by single spaces (UTF-8).
+    /// Lowercase words (UTF-8).
     text: Vec<u8>,
-    /// The words of `text`.
+    /// Words of `text` (and, looking ahead, of the raw text).
     words: Vec<Word>,
     /// ASCII decoded from Unicode tag characters outside emoji flags.
     tag_text: String,
@@ -171,13 +349,88 @@ struct Normalized {
     zero_width_in_word: bool,
 }
 
-/// One word of [`Normalized::text`].
-#[derive(Clone, Copy)]
-struct Word {
-    start: u32,
-    end: u32,
-    /// FNV-1a of the word, as a [`FIRST_TABLE`] slot.
-    slot: u8,
+impl Normalized {
+    /// Close the word of `text` that started at `start`.
+    fn end_word(&mut self, start: usize) {
+        let word = self.text.get(start..).unwrap_or_default();
+        self.words.push(Word {
+            start: start as u32,
+            end: self.text.len() as u32,
+            slot: slot_of(word) as u16,
+            normalized: true,
+        });
+    }
+}
+
+/// The regions of a text, in order: `(start, end, special)`, where a
+/// special region has an apostrophe or a non-ASCII byte.
+///
+/// Starts and ends are read off [`Map::Start`] and [`Map::End`] with a
+/// `trailing_zeros` each and the bit cleared, so the state carried from one
+/// region to the next is two bitmasks, not a position to look up again.
+struct Regions<'a> {
+    maps: &'a ByteMaps,
+    /// The block of `starts`, and its start bits not taken yet.
+    start_block: usize,
+    starts: u64,
+    /// The same for ends.
+    end_block: usize,
+    ends: u64,
+    /// The first special byte at or after the next region's start.
+    special: usize,
+}
+
+impl<'a> Regions<'a> {
+    /// The regions starting at or after `from`, which is not inside one.
+    fn new(maps: &'a ByteMaps, from: usize) -> Self {
+        let block = from / 64;
+        let bits = |map: Map, from: usize| {
+            maps.blocks
+                .get(from / 64)
+                .map_or(0, |b| b[map as usize] & (u64::MAX << (from % 64)))
+        };
+        Self {
+            maps,
+            start_block: block,
+            starts: bits(Map::Start, from),
+            // An end at `from` belongs to the region before it.
+            end_block: (from + 1) / 64,
+            ends: bits(Map::End, from + 1),
+            special: maps.next(Map::Special, from),
+        }
+    }
+}
+
+impl Iterator for Regions<'_> {
+    type Item = (usize, usize, bool);
+
+    // Inlined so that the scan's state stays in locals (WebAssembly
+    // registers) rather than in linear memory.
+    #[inline(always)]
+    fn next(&mut self) -> Option<Self::Item> {
+        let maps = self.maps;
+        let start = take_bit(maps, Map::Start, &mut self.start_block, &mut self.starts)?;
+        let end = take_bit(maps, Map::End, &mut self.end_block, &mut self.ends)?;
+        // Separators are never special, so `special >= start` here.
+        let special = self.special < end;
+        if special {
+            self.special = self.maps.next(Map::Special, end);
+        }
+        Some((start, end, special))
+    }
+}
+
+/// The position of the next bit of `map`, taken from `bits`: the bits of
+/// `map` in `block` not taken yet.
+#[inline(always)]
+fn take_bit(maps: &ByteMaps, map: Map, block: &mut usize, bits: &mut u64) -> Option<usize> {
+    while *bits == 0 {
+        *block += 1;
+        *bits = maps.blocks.get(*block)?[map as usize];
+    }
+    let at = *block * 64 + bits.trailing_zeros() as usize;
+    *bits &= *bits - 1;
+    Some(at)
 }
 
 fn is_zero_width(c: char) -> bool {
@@ -205,52 +458,35 @@ static ASCII: [u8; 128] = {
 const SEPARATOR: u8 = 0;
 const DROPPED: u8 = 1;
 
-const FNV_OFFSET: u32 = 0x811C_9DC5;
-const FNV_PRIME: u32 = 0x0100_0193;
-
-fn normalize(text: &str) -> Normalized {
-    const NO_WORD: u32 = u32::MAX;
-    let b = text.as_bytes();
-    let mut out = Normalized {
-        text: Vec::with_capacity(b.len() + 8),
-        words: Vec::with_capacity(b.len() / 4 + 1),
-        tag_text: String::new(),
-        zero_width_in_word: false,
-    };
-    // The hot loop keeps its state in locals; `push!` appends one lowercase
-    // byte of a word, `end_word!` closes the word being built.
+/// Normalise `text`, a region between two ASCII separators (or the ends),
+/// one character at a time, appending its words to `out`: lowercased,
+/// fullwidth letters folded to ASCII, apostrophes and zero-width characters
+/// dropped, tag characters decoded into `out.tag_text`, any other
+/// non-alphanumeric character ending a word.
+fn normalize_region(text: &str, out: &mut Normalized) {
+    const NO_WORD: usize = usize::MAX;
+    // `begin!` comes before the bytes of a letter or digit are appended,
+    // `end_word!` closes the word being built.
     let mut start = NO_WORD;
-    let mut hash = FNV_OFFSET;
     let mut prev_letter = false;
     let mut zero_width_after_letter = false;
-    macro_rules! push {
-        ($byte:expr, $letter:expr) => {{
-            let byte: u8 = $byte;
+    macro_rules! begin {
+        ($letter:expr) => {{
             let letter: bool = $letter;
             if start == NO_WORD {
-                if !out.text.is_empty() {
-                    out.text.push(b' ');
-                }
-                start = out.text.len() as u32;
-                hash = FNV_OFFSET;
+                start = out.text.len();
             }
             if zero_width_after_letter {
                 out.zero_width_in_word |= letter;
                 zero_width_after_letter = false;
             }
             prev_letter = letter;
-            hash = (hash ^ u32::from(byte)).wrapping_mul(FNV_PRIME);
-            out.text.push(byte);
         }};
     }
     macro_rules! end_word {
         () => {{
             if start != NO_WORD {
-                out.words.push(Word {
-                    start,
-                    end: out.text.len() as u32,
-                    slot: (hash >> 24) as u8,
-                });
+                out.end_word(start);
                 start = NO_WORD;
             }
             prev_letter = false;
@@ -259,25 +495,19 @@ fn normalize(text: &str) -> Normalized {
     }
     let mut after_black_flag = false;
     let mut in_flag = false;
-    let mut i = 0;
-    while i < b.len() {
-        // ASCII, nearly all of a prompt: one table lookup a byte.
-        if b[i] < 0x80 {
-            let mapped = ASCII[usize::from(b[i])];
-            i += 1;
+    for c in text.chars() {
+        if c.is_ascii() {
             after_black_flag = false;
             in_flag = false;
+            let mapped = ASCII[usize::from(c as u8)];
             if mapped > DROPPED {
-                push!(mapped, mapped >= b'a');
+                begin!(mapped >= b'a');
+                out.text.push(mapped);
             } else if mapped == SEPARATOR {
                 end_word!();
             }
             continue;
         }
-        let Some(c) = text[i..].chars().next() else {
-            break;
-        };
-        i += c.len_utf8();
         let cp = u32::from(c);
         if (0xE0000..=0xE007F).contains(&cp) {
             // 🏴 followed by tags is an emoji flag (England, Scotland, …).
@@ -310,22 +540,53 @@ fn normalize(text: &str) -> Normalized {
             end_word!();
             continue;
         }
-        let letter = c.is_ascii_alphabetic();
+        begin!(c.is_ascii_alphabetic());
         let mut buf = [0; 4];
         for lower in c.to_lowercase() {
-            for &byte in lower.encode_utf8(&mut buf).as_bytes() {
-                push!(byte, letter);
-            }
+            out.text
+                .extend_from_slice(lower.encode_utf8(&mut buf).as_bytes());
         }
     }
     if start != NO_WORD {
-        out.words.push(Word {
-            start,
-            end: out.text.len() as u32,
-            slot: (hash >> 24) as u8,
-        });
+        out.end_word(start);
     }
-    out
+}
+
+/// All of `text`'s words, space-separated in `text`, as [`phrases`] sees
+/// them one at a time.
+#[cfg(test)]
+fn normalize(text: &str) -> Normalized {
+    let maps = ByteMaps::new(text.as_bytes());
+    let mut all = Normalized::default();
+    for (start, end, special) in Regions::new(&maps, 0) {
+        let mut region = Normalized::default();
+        if special {
+            normalize_region(text.get(start..end).unwrap_or_default(), &mut region);
+        } else {
+            region.words.push(Word::ascii(text.as_bytes(), start, end));
+        }
+        for word in &region.words {
+            if !all.text.is_empty() {
+                all.text.push(b' ');
+            }
+            let from = all.text.len();
+            let bytes = word_bytes(text, &region.text, *word);
+            if word.normalized {
+                all.text.extend_from_slice(bytes);
+            } else {
+                all.text.extend(bytes.iter().map(|c| c | 0x20));
+            }
+            all.words.push(Word {
+                start: from as u32,
+                end: all.text.len() as u32,
+                normalized: true,
+                ..*word
+            });
+        }
+        all.tag_text.push_str(&region.tag_text);
+        all.zero_width_in_word |= region.zero_width_in_word;
+    }
+    all
 }
 
 // ---------------------------------------------------------------------------
@@ -855,27 +1116,177 @@ pub const FIRST_WORDS: &[&str] = &[
     "youre",
 ];
 
+// ---------------------------------------------------------------------------
+// Matching.
+
+/// The phrase signals in `text` (whose [`ByteMaps`] are `maps`); what its
+/// special regions hide goes to `found`.
+fn phrases(text: &str, maps: &ByteMaps, found: &mut Normalized) -> Signals {
+    let mut signals = Signals::default();
+    // The look-ahead of a candidate, kept for its allocations.
+    let mut ahead = Normalized::default();
+    for (start, end, special) in Regions::new(maps, 0) {
+        if !special {
+            // The hot path: a hash and a table load.
+            let word = Word::ascii(text.as_bytes(), start, end);
+            let slot = usize::from(word.slot);
+            if FIRST_TABLE[slot % TABLE_SIZE] != EMPTY {
+                let patterns = first_patterns(word_bytes(text, &[], word), slot);
+                if patterns != 0 {
+                    ahead.text.clear();
+                    ahead.words.clear();
+                    signals = try_patterns(signals, patterns, text, maps, end, &mut ahead);
+                }
+            }
+            continue;
+        }
+        found.text.clear();
+        found.words.clear();
+        normalize_region(text.get(start..end).unwrap_or_default(), found);
+        for (i, word) in found.words.iter().enumerate() {
+            let slot = usize::from(word.slot);
+            if FIRST_TABLE[slot % TABLE_SIZE] != EMPTY {
+                let patterns = first_patterns(word_bytes(text, &found.text, *word), slot);
+                if patterns != 0 {
+                    // The region's other words come first.
+                    ahead.text.clone_from(&found.text);
+                    ahead.words.clear();
+                    ahead
+                        .words
+                        .extend_from_slice(found.words.get(i + 1..).unwrap_or_default());
+                    signals = try_patterns(signals, patterns, text, maps, end, &mut ahead);
+                }
+            }
+        }
+    }
+    signals
+}
+
+/// `signals` and those of `patterns` (bits of [`PATTERNS`] indexes) that
+/// match after a candidate: first the words in `ahead`, then those of the
+/// regions from byte `from` on.
+fn try_patterns(
+    mut signals: Signals,
+    mut patterns: u32,
+    text: &str,
+    maps: &ByteMaps,
+    from: usize,
+    ahead: &mut Normalized,
+) -> Signals {
+    let mut words = Ahead {
+        text,
+        regions: Regions::new(maps, from),
+        words: ahead,
+    };
+    while patterns != 0 {
+        let p = patterns.trailing_zeros() as usize;
+        patterns &= patterns - 1;
+        let pattern = &PATTERNS[p];
+        if !signals.contains(pattern.signal) && match_at(&mut words, 0, &pattern.slots[1..]) {
+            signals = signals.with(pattern.signal);
+        }
+    }
+    signals
+}
+
+/// The words after a candidate first word, produced as patterns ask for
+/// them: a pattern rarely gets past its second word.
+struct Ahead<'a> {
+    text: &'a str,
+    regions: Regions<'a>,
+    /// The words so far, and the text of the normalised ones.
+    words: &'a mut Normalized,
+}
+
+impl Ahead<'_> {
+    /// The `i`th word after the candidate.
+    fn get(&mut self, i: usize) -> Option<Word> {
+        while self.words.words.len() <= i {
+            let (start, end, special) = self.regions.next()?;
+            if special {
+                let region = self.text.get(start..end).unwrap_or_default();
+                normalize_region(region, self.words);
+            } else {
+                let word = Word::ascii(self.text.as_bytes(), start, end);
+                self.words.words.push(word);
+            }
+        }
+        self.words.words.get(i).copied()
+    }
+
+    fn bytes(&self, word: Word) -> &[u8] {
+        word_bytes(self.text, &self.words.text, word)
+    }
+}
+
+/// The bytes of `word`, from the raw `text` or the `normalized` text.
+fn word_bytes<'a>(text: &'a str, normalized: &'a [u8], word: Word) -> &'a [u8] {
+    let from = if word.normalized {
+        normalized
+    } else {
+        text.as_bytes()
+    };
+    from.get(word.start as usize..word.end as usize)
+        .unwrap_or_default()
+}
+
+/// Whether `slots` match from the `i`th word after a candidate.
+fn match_at(words: &mut Ahead, i: usize, slots: &[Slot]) -> bool {
+    let Some((slot, rest)) = slots.split_first() else {
+        return true;
+    };
+    match *slot {
+        One(alts) => {
+            let here = words.get(i).is_some_and(|w| word_in(words.bytes(w), alts));
+            here && match_at(words, i + 1, rest)
+        }
+        Opt(alts) => {
+            let here = words.get(i).is_some_and(|w| word_in(words.bytes(w), alts));
+            (here && match_at(words, i + 1, rest)) || match_at(words, i, rest)
+        }
+        Gap(n) => {
+            for k in 0..=usize::from(n) {
+                // Skipping k words needs k more words.
+                if k > 0 && words.get(i + k - 1).is_none() {
+                    return false;
+                }
+                if match_at(words, i + k, rest) {
+                    return true;
+                }
+            }
+            false
+        }
+    }
+}
+
 fn word_in(word: &[u8], alternatives: &[&str]) -> bool {
     alternatives
         .iter()
         .any(|alt| alt_matches(word, alt.as_bytes()))
 }
 
-fn match_at(words: &[&[u8]], i: usize, slots: &[Slot]) -> bool {
-    let Some((slot, rest)) = slots.split_first() else {
-        return true;
-    };
-    let here = words.get(i).copied();
-    match *slot {
-        One(alts) => here.is_some_and(|w| word_in(w, alts)) && match_at(words, i + 1, rest),
-        Opt(alts) => {
-            (here.is_some_and(|w| word_in(w, alts)) && match_at(words, i + 1, rest))
-                || match_at(words, i, rest)
-        }
-        Gap(n) => (0..=usize::from(n))
-            .take_while(|k| i + k <= words.len())
-            .any(|k| match_at(words, i + k, rest)),
+/// One alternative of a slot (a trailing `*` matches any ending) against a
+/// word (lowercase, or ASCII letters and digits in any case: it is compared
+/// with `| 0x20`), usable in constants.
+const fn alt_matches(word: &[u8], alt: &[u8]) -> bool {
+    let prefix = !alt.is_empty() && alt[alt.len() - 1] == b'*';
+    let len = if prefix { alt.len() - 1 } else { alt.len() };
+    if word.len() < len || (!prefix && word.len() != len) {
+        return false;
     }
+    let mut i = 0;
+    while i < len {
+        if word[i] | 0x20 != alt[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Whether `word` (as for [`alt_matches`]) is `lower`, which is lowercase.
+fn eq_lower(word: &[u8], lower: &[u8]) -> bool {
+    word.len() == lower.len() && word.iter().zip(lower).all(|(w, l)| w | 0x20 == *l)
 }
 
 /// For each of [`FIRST_WORDS`], the patterns (bits of [`PATTERNS`] indexes)
@@ -902,48 +1313,23 @@ static FIRST_PATTERNS: [u32; FIRST_WORDS.len()] = {
     table
 };
 
-/// One alternative of a slot (a trailing `*` matches any ending) against a
-/// word, usable in constants.
-const fn alt_matches(word: &[u8], alt: &[u8]) -> bool {
-    let prefix = !alt.is_empty() && alt[alt.len() - 1] == b'*';
-    let len = if prefix { alt.len() - 1 } else { alt.len() };
-    if word.len() < len || (!prefix && word.len() != len) {
-        return false;
-    }
-    let mut i = 0;
-    while i < len {
-        if word[i] != alt[i] {
-            return false;
-        }
-        i += 1;
-    }
-    true
-}
-
-/// FNV-1a, folded to an index of [`FIRST_TABLE`]; [`normalize`] computes
-/// the same for every word as it writes it.
-const fn slot_of(word: &[u8]) -> usize {
-    let mut hash = FNV_OFFSET;
-    let mut i = 0;
-    while i < word.len() {
-        hash = (hash ^ word[i] as u32).wrapping_mul(FNV_PRIME);
-        i += 1;
-    }
-    (hash >> 24) as usize
-}
+/// log2 of the number of [`FIRST_TABLE`] slots: 68 words in 2048 slots,
+/// so a word that starts no pattern finds its slot empty 97% of the time.
+const TABLE_BITS: u32 = 11;
+const TABLE_SIZE: usize = 1 << TABLE_BITS;
 
 const EMPTY: u8 = u8::MAX;
 
 /// An open-addressing hash table of [`FIRST_WORDS`] indexes (`EMPTY` where
 /// there is none), built at compile time: a word that starts no pattern —
 /// nearly every word — costs one load.
-static FIRST_TABLE: [u8; 256] = {
-    let mut table = [EMPTY; 256];
+static FIRST_TABLE: [u8; TABLE_SIZE] = {
+    let mut table = [EMPTY; TABLE_SIZE];
     let mut w = 0;
     while w < FIRST_WORDS.len() {
         let mut slot = slot_of(FIRST_WORDS[w].as_bytes());
         while table[slot] != EMPTY {
-            slot = (slot + 1) % 256;
+            slot = (slot + 1) % TABLE_SIZE;
         }
         table[slot] = w as u8;
         w += 1;
@@ -955,46 +1341,58 @@ static FIRST_TABLE: [u8; 256] = {
 /// bits of [`PATTERNS`] indexes.
 fn first_patterns(word: &[u8], mut slot: usize) -> u32 {
     loop {
-        let entry = FIRST_TABLE[slot];
+        let entry = FIRST_TABLE[slot % TABLE_SIZE];
         if entry == EMPTY {
             return 0;
         }
         let at = usize::from(entry);
-        if FIRST_WORDS[at].as_bytes() == word {
+        if eq_lower(word, FIRST_WORDS[at].as_bytes()) {
             return FIRST_PATTERNS[at];
         }
-        slot = (slot + 1) % 256;
+        slot += 1;
     }
 }
 
-/// The phrase signals in normalised text.
-fn phrases(normalized: &Normalized) -> Signals {
-    let text = normalized.text.as_slice();
-    let word = |w: &Word| {
-        text.get(w.start as usize..w.end as usize)
-            .unwrap_or_default()
-    };
-    let mut signals = Signals::default();
-    let mut words: Option<Vec<&[u8]>> = None;
-    for (i, w) in normalized.words.iter().enumerate() {
-        if FIRST_TABLE[usize::from(w.slot)] == EMPTY {
-            continue;
-        }
-        let mut candidates = first_patterns(word(w), usize::from(w.slot));
-        if candidates == 0 {
-            continue;
-        }
-        let words = words.get_or_insert_with(|| normalized.words.iter().map(word).collect());
-        while candidates != 0 {
-            let p = candidates.trailing_zeros() as usize;
-            candidates &= candidates - 1;
-            let pattern = &PATTERNS[p];
-            if !signals.contains(pattern.signal) && match_at(words, i + 1, &pattern.slots[1..]) {
-                signals = signals.with(pattern.signal);
-            }
-        }
+/// A word's slot in [`FIRST_TABLE`]: a multiplicative hash of its length
+/// and its first 8 bytes (one load), taken once the word is complete.
+const fn slot_of(word: &[u8]) -> usize {
+    slot_hash(head(word, 0), word.len())
+}
+
+/// The first 8 bytes of `word` (fewer if it is shorter) as a little-endian
+/// number, each `| or`.
+const fn head(word: &[u8], or: u8) -> u64 {
+    let mut head = 0;
+    let mut i = 0;
+    while i < word.len() && i < 8 {
+        head |= ((word[i] | or) as u64) << (8 * i);
+        i += 1;
     }
-    signals
+    head
+}
+
+const fn slot_hash(head: u64, len: usize) -> usize {
+    ((head ^ len as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - TABLE_BITS)) as usize
+}
+
+/// [`slot_of`] the lowercase form of `raw[start..end]`, ASCII letters and
+/// digits (`| 0x20` lowercases a letter and keeps a digit).
+#[inline(always)]
+fn slot_of_ascii(raw: &[u8], start: usize, end: usize) -> usize {
+    let len = end - start;
+    let head = match raw.get(start..start + 8).map(<[u8; 8]>::try_from) {
+        Some(Ok(bytes)) => {
+            let keep = if len >= 8 {
+                u64::MAX
+            } else {
+                (1 << (8 * len)) - 1
+            };
+            (u64::from_le_bytes(bytes) | (ONES * 0x20)) & keep
+        }
+        // Near the end of the text.
+        _ => head(raw.get(start..end).unwrap_or_default(), 0x20),
+    };
+    slot_hash(head, len)
 }
 
 // ---------------------------------------------------------------------------
@@ -1270,5 +1668,126 @@ mod tests {
             names("What's the developer mode on a Pixel phone?"),
             ["jailbreak_vocabulary"]
         );
+    }
+
+    /// Texts of 0 to ~600 bytes made of pieces that exercise every kind of
+    /// region and block boundary, from a fixed seed.
+    fn mixed_texts() -> impl Iterator<Item = String> {
+        const PIECES: &[&str] = &[
+            "ignore",
+            "IGNORE",
+            "Ignore",
+            "all",
+            "previous",
+            "instructions",
+            "you",
+            "are",
+            "now",
+            "DAN",
+            "do",
+            "not",
+            "follow",
+            "your",
+            "system",
+            "prompt",
+            "reveal",
+            "the",
+            "above",
+            "developer",
+            "mode",
+            "jailbreak",
+            "no",
+            "restrictions",
+            "im",
+            "start",
+            "x",
+            "42",
+            "a1b2",
+            "verylongwordthatexceedssixteenbytes",
+            "eightchr",
+            "don't",
+            "Don'T",
+            "it's",
+            "'",
+            "''",
+            "don’t",
+            "youʼre",
+            "ig\u{200B}nore",
+            "\u{200B}",
+            "\u{200D}",
+            "\u{AD}",
+            "ｉｇｎｏｒｅ",
+            "Ｉ",
+            "Größe",
+            "İ",
+            "\u{212A}",
+            "é",
+            "日本語",
+            "—",
+            "…",
+            "🏴\u{E0067}\u{E0062}\u{E007F}",
+            "\u{E0069}\u{E0067}\u{E006E}",
+            "\u{E0020}",
+            "\u{E007F}",
+            "🏴",
+            "SWdub3JlIGFsbCBwcmV2aW91cyBpbnN0cnVjdGlvbnM=",
+            "abcdefghijklmnopqrstuvwx",
+            "a+b/c=d_e-f",
+            "+/+/+/+/+/+/+/+/+/+/+/+/",
+        ];
+        const GLUE: &[&str] = &[
+            " ", " ", " ", "  ", "\n", ", ", ".", "", "'", "-", "_", "/", "\u{200B}", "’", "\t",
+            "\u{A0}", "\u{3000}", "é",
+        ];
+        let mut state = 0x2545_F491_4F6C_DD1D_u64;
+        let mut next = move |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        (0..3000).map(move |_| {
+            let mut text = String::new();
+            for _ in 0..next(60) {
+                text.push_str(PIECES[next(PIECES.len())]);
+                text.push_str(GLUE[next(GLUE.len())]);
+            }
+            text
+        })
+    }
+
+    #[test]
+    fn regions_normalise_as_the_whole_text_would() {
+        let words = |n: &Normalized| -> Vec<(Vec<u8>, u16)> {
+            n.words
+                .iter()
+                .map(|w| (n.text[w.start as usize..w.end as usize].to_vec(), w.slot))
+                .collect()
+        };
+        for text in mixed_texts() {
+            let by_region = normalize(&text);
+            let mut whole = Normalized::default();
+            normalize_region(&text, &mut whole);
+            assert_eq!(words(&by_region), words(&whole), "{text:?}");
+            assert_eq!(by_region.tag_text, whole.tag_text, "{text:?}");
+            assert_eq!(
+                by_region.zero_width_in_word, whole.zero_width_in_word,
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn base64_runs_are_never_missed() {
+        for text in mixed_texts() {
+            let longest_run = text
+                .split(|c: char| !c.is_ascii() || BASE64[c as usize] == NOT_BASE64)
+                .map(str::len)
+                .max()
+                .unwrap_or(0);
+            if longest_run >= MIN_BASE64 {
+                assert!(ByteMaps::new(text.as_bytes()).base64, "{text:?}");
+            }
+        }
     }
 }
