@@ -314,6 +314,10 @@ pub struct ModelConfig {
     pub guardrails: Vec<String>,
     #[serde(default)]
     pub price: Option<PriceConfig>,
+    /// A pricing policy's name: it prices this model's requests (estimates
+    /// for budgets, and the actual usage); on failure, `price` applies.
+    #[serde(default)]
+    pub pricing: Option<String>,
     /// Used for reservations when a request has no `max_tokens`.
     #[serde(default = "default_max_output_tokens")]
     pub max_output_tokens: u64,
@@ -717,6 +721,15 @@ impl Config {
                         "must not be empty".into(),
                     );
                 }
+            }
+            if let Some(pricing) = &m.pricing {
+                check_policy_ref(
+                    &policy_kinds,
+                    pricing,
+                    PolicyKind::Pricing,
+                    at("pricing"),
+                    &mut err,
+                );
             }
             if let Some(router) = &m.router {
                 check_policy_ref(

@@ -103,7 +103,7 @@ async fn usage_and_spend_survive_a_restart_with_sqlite() {
 async fn usage_api_lists_keys_and_models_and_metrics_count_by_key() {
     let up = MockUpstream::start().await;
     let extra =
-        "[[models]]\nname = \"other\"\ntargets = [{ provider = \"up\", model = \"gpt-4o\" }]\n"
+        "[[models]]\nname = \"other\"\ntargets = [{ provider = \"up\", model = \"house-model-7b\" }]\n"
             .to_string()
             + &key("a", "")
             + &key("b", "");
@@ -120,7 +120,7 @@ async fn usage_api_lists_keys_and_models_and_metrics_count_by_key() {
     assert_eq!(a["models"]["other"]["output_tokens"], 3);
     assert_eq!(
         a["models"]["other"]["cost_usd"], 0.0,
-        "model `other` has no price"
+        "model `other` has no price, and the price table does not know its target"
     );
     let all = get(&gw.admin_url("/admin/usage"), None).await.json();
     let keys: Vec<&str> = all
@@ -248,4 +248,75 @@ async fn two_gateways_share_limits_and_budgets_through_redis() {
     let u = usage(&gw2, "limited").await;
     assert_eq!(u["requests"], 5);
     assert_eq!(usage(&gw1, "budgeted").await["cost_usd"], 0.000006);
+}
+
+/// The `team-markup` pricing policy, built from source, on model `chat`.
+fn priced_by_team_markup(up: &MockUpstream, keys: &str) -> String {
+    let path = crate::policies::policy("team-markup");
+    config(up, keys).replace("price = {", "pricing = \"team-markup\"\nprice = {")
+        + &format!(
+            r#"
+[[policies]]
+name = "team-markup"
+kind = "pricing"
+path = "{}"
+timeout_ms = 1000
+config = {{ models = {{ "gpt-4o-mini" = {{ input_per_mtok = 1000.0, output_per_mtok = 2000.0 }} }}, default = {{ input_per_mtok = 1.0, output_per_mtok = 1.0 }}, markups = {{ a = 0.5, c = 0.5 }} }}
+"#,
+            path.display()
+        )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pricing_policy_prices_each_key_and_its_estimate_guards_budgets() {
+    let up = MockUpstream::start().await;
+    let keys = key("a", "") + &key("b", "") + &key("c", "budget_usd = 0.03");
+    let gw = gateway(&priced_by_team_markup(&up, &keys)).start();
+    // 11 input × 1000 + 3 output × 2000 USD/Mtok = 17000 µUSD; key a pays
+    // 50 % more. The model's configured price (0.15 / 0.60) would be 3.
+    let r = chat(&gw, "a", &chat_body("x")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-weir-cost-usd"), Some("0.025500"));
+    let r = chat(&gw, "b", &chat_body("x")).await;
+    assert_eq!(r.header("x-weir-cost-usd"), Some("0.017000"));
+    // Streamed responses are priced by the policy too.
+    let s = client::stream(
+        &gw.url("/v1/chat/completions"),
+        &stream_body("y"),
+        Some("sk-a-secret"),
+    )
+    .await;
+    assert!(s.done());
+    let a = usage(&gw, "a").await;
+    assert_eq!(a["requests"], 2);
+    assert_eq!(a["cost_usd"], 0.051);
+
+    // Budgets are checked with the policy's estimate: 20 output tokens at
+    // 2000 × 1.5 alone is 0.06 USD, over c's 0.03 — refused before sending,
+    // where the configured price would have let it through.
+    let mut long = chat_body("x");
+    long["max_tokens"] = json!(20);
+    let sent = up.received().len();
+    let refused = chat(&gw, "c", &long).await;
+    assert_eq!(refused.status, 429, "{}", refused.text());
+    assert_eq!(refused.error_code(), "insufficient_quota");
+    assert_eq!(up.received().len(), sent, "nothing reached the upstream");
+    // One output token fits (≈ 0.02 USD estimated) and is charged what the
+    // upstream reports: 0.0255; the next no longer fits.
+    let mut short = chat_body("x");
+    short["max_tokens"] = json!(1);
+    let r = chat(&gw, "c", &short).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-weir-cost-usd"), Some("0.025500"));
+    let refused = chat(&gw, "c", &short).await;
+    assert_eq!(refused.status, 429, "{}", refused.text());
+    assert_eq!(refused.error_code(), "insufficient_quota");
+
+    let metrics = get(&gw.admin_url("/metrics"), None).await.text();
+    for needle in [
+        "weir_cost_micro_usd_total{key=\"a\",model=\"chat\"} 51000",
+        "weir_cost_micro_usd_total{key=\"b\",model=\"chat\"} 17000",
+    ] {
+        assert!(metrics.contains(needle), "missing {needle} in\n{metrics}");
+    }
 }

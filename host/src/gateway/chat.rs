@@ -15,14 +15,14 @@ use hyper::body::Incoming;
 
 use super::stream::ClientStream;
 use super::{
-    Body, ChatCall, Gateway, Model, Price, RequestLog, Snapshot, Target, json_response,
-    read_client_body, usd,
+    Body, ChatCall, Gateway, Model, RequestLog, Snapshot, Target, json_response, read_client_body,
+    usd,
 };
 use crate::auth::Caller;
 use crate::chat::{ChatCompletion, ChatRequest, Usage};
 use crate::error::GatewayError;
 use crate::limits::RateInfo;
-use crate::policy::{GuardChain, Policy, RequestContext, Stop};
+use crate::policy::{GuardChain, Policy, PolicyUsage, PricePhase, RequestContext, Stop};
 use crate::providers::ChatReply;
 use crate::state::{ANONYMOUS, Actual, Ask, Reservation};
 use crate::tokens;
@@ -40,11 +40,6 @@ pub(super) async fn handle(
     let mut chat = ChatRequest::parse(&body)?;
     log.model.clone_from(&chat.model);
     let model = snap.config.model_for(&caller, &chat.model)?.clone();
-    let (reservation, prompt_estimate) = reserve(gw, &caller, &model, &chat).await?;
-    let rate = reservation
-        .as_ref()
-        .map(|r| r.info.clone())
-        .unwrap_or_default();
     let ctx = RequestContext {
         request_id: log.id.clone(),
         key_name: log.key.clone(),
@@ -52,6 +47,15 @@ pub(super) async fn handle(
         streaming: chat.stream,
         metadata: metadata(&chat, meta),
     };
+    let pricing = Pricing {
+        pricer: snap.policies.pricer(&model.name).cloned(),
+        ctx: ctx.clone(),
+    };
+    let (reservation, prompt_estimate) = reserve(gw, &caller, &model, &chat, &pricing).await?;
+    let rate = reservation
+        .as_ref()
+        .map(|r| r.info.clone())
+        .unwrap_or_default();
     let mut chain =
         match guard_request(gw, snap.policies.guardrails(&model.name), &mut chat, &ctx).await {
             Ok(chain) => chain,
@@ -80,6 +84,7 @@ pub(super) async fn handle(
                 gw,
                 &model,
                 &target,
+                &pricing,
                 completion,
                 chain,
                 reservation,
@@ -101,6 +106,7 @@ pub(super) async fn handle(
                 gw.clone(),
                 model.clone(),
                 (target.clone(), in_flight),
+                pricing,
                 stream,
                 chain,
                 chat.include_usage,
@@ -209,21 +215,31 @@ async fn reserve(
     caller: &Caller,
     model: &Model,
     chat: &ChatRequest,
+    pricing: &Pricing,
 ) -> Result<(Option<Reservation>, u64), GatewayError> {
-    let target = model
-        .targets
-        .first()
-        .map_or(model.name.as_str(), |t| t.model.as_str());
-    let prompt = tokens::estimate_request(chat, target);
+    let first = model.targets.first();
+    let prompt = tokens::estimate_request(
+        chat,
+        first.map_or(model.name.as_str(), |t| t.model.as_str()),
+    );
     let Some(key) = caller.key().filter(|k| k.limited(&model.name)) else {
         return Ok((None, prompt));
     };
     let output = chat.max_tokens.unwrap_or(model.max_output_tokens);
+    let estimate = Usage::new(prompt, output);
+    let cost = match first {
+        Some(target) => {
+            pricing
+                .cost(gw, PricePhase::Estimate, target, &estimate)
+                .await
+        }
+        None => model.price.micro_usd(prompt, 0, output),
+    };
     let ask = Ask {
         key: key.clone(),
         model: model.name.clone(),
         tokens: prompt + output,
-        cost_micro_usd: model.price.micro_usd(prompt, 0, output),
+        cost_micro_usd: cost,
     };
     Ok((Some(gw.ledger.reserve(&ask).await?), prompt))
 }
@@ -243,6 +259,7 @@ async fn answer_whole(
     gw: &Gateway,
     model: &Model,
     target: &Target,
+    pricing: &Pricing,
     mut completion: Box<ChatCompletion>,
     chain: Option<GuardChain>,
     reservation: Option<Reservation>,
@@ -257,7 +274,8 @@ async fn answer_whole(
             }
             Err(error) => {
                 let usage = completion.usage.clone().unwrap_or_default();
-                let actual = account(&target.price, &usage, log);
+                let cost = pricing.cost(gw, PricePhase::Actual, target, &usage).await;
+                let actual = account(&usage, cost, log);
                 record(gw, log, reservation, actual).await;
                 return Err(error);
             }
@@ -274,9 +292,9 @@ async fn answer_whole(
             .sum();
         Usage::new(prompt_estimate, (text as u64).div_ceil(4))
     });
-    let actual = account(&target.price, &usage, log);
+    let cost = pricing.cost(gw, PricePhase::Actual, target, &usage).await;
+    let actual = account(&usage, cost, log);
     record(gw, log, reservation, actual).await;
-    let cost = actual.cost_micro_usd;
     let body = serde_json::to_vec(&completion).unwrap_or_default();
     let mut response = json_response(StatusCode::OK, body);
     if let Ok(v) = HeaderValue::from_str(&usd(cost)) {
@@ -290,14 +308,63 @@ async fn answer_whole(
     Ok(response)
 }
 
+/// How a request is priced: its model's pricing policy, if any (the
+/// target's price when the policy fails), else the target's price.
+#[derive(Debug, Clone)]
+pub(super) struct Pricing {
+    pub pricer: Option<Arc<Policy>>,
+    pub ctx: RequestContext,
+}
+
+impl Pricing {
+    /// Micro-USD for `usage` served (or to be served) by `target`.
+    pub(super) async fn cost(
+        &self,
+        gw: &Gateway,
+        phase: PricePhase,
+        target: &Target,
+        usage: &Usage,
+    ) -> u64 {
+        let configured = target.price.micro_usd(
+            usage.prompt_tokens,
+            usage.cached_tokens(),
+            usage.completion_tokens,
+        );
+        let Some(policy) = &self.pricer else {
+            return configured;
+        };
+        let policy_usage = PolicyUsage {
+            input_tokens: usage.prompt_tokens,
+            output_tokens: usage.completion_tokens,
+            cached_input_tokens: usage.cached_tokens(),
+            reasoning_tokens: usage.reasoning_tokens(),
+        };
+        match gw
+            .runtime
+            .price(
+                policy,
+                &self.ctx,
+                phase,
+                &target.provider.name,
+                &target.model,
+                &policy_usage,
+            )
+            .await
+        {
+            Ok(micro_usd) => micro_usd,
+            Err(e) => {
+                ::metrics::counter!("weir_policy_errors_total", "policy" => policy.name.clone(), "kind" => "pricing")
+                    .increment(1);
+                tracing::warn!(request_id = %self.ctx.request_id, policy = %policy.name, error = %e, "the pricing policy failed; charging the configured price");
+                configured
+            }
+        }
+    }
+}
+
 /// What a served request used and cost, recorded in its log line; the
 /// caller hands it to the ledger.
-pub(super) fn account(price: &Price, usage: &Usage, log: &mut RequestLog) -> Actual {
-    let cost = price.micro_usd(
-        usage.prompt_tokens,
-        usage.cached_tokens(),
-        usage.completion_tokens,
-    );
+pub(super) fn account(usage: &Usage, cost: u64, log: &mut RequestLog) -> Actual {
     log.input_tokens = usage.prompt_tokens;
     log.output_tokens = usage.completion_tokens;
     log.cost_micro_usd = cost;

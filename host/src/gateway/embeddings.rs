@@ -90,7 +90,8 @@ pub(super) async fn handle(
         .and_then(|u| u.get("prompt_tokens"))
         .and_then(Value::as_u64)
         .unwrap_or(estimate);
-    let actual = account(&target.price, &Usage::new(input, 0), log);
+    let cost = target.price.micro_usd(input, 0, 0);
+    let actual = account(&Usage::new(input, 0), cost, log);
     record(gw, log, reservation, actual).await;
     let cost = actual.cost_micro_usd;
     answer["model"] = Value::String(model.name.clone());

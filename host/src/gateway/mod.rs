@@ -32,6 +32,7 @@ use crate::config::{Config, PriceConfig};
 use crate::error::GatewayError;
 use crate::metrics;
 use crate::policy::{PolicyRuntime, RequestContext, RouteCandidate};
+use crate::pricing::PriceTable;
 use crate::providers::{self, AttemptError, ChatReply, HttpClient, Provider, Providers};
 use crate::routing::{
     self,
@@ -243,10 +244,22 @@ impl ConfigState {
     /// targets share their health with earlier configs through `health`.
     pub fn new(config: Config, health: &HealthRegistry) -> ConfigState {
         let providers = Providers::from_config(&config);
+        // Validated at load: a bad file never gets here.
+        let table = PriceTable::for_config(&config).unwrap_or_else(|_| PriceTable::embedded());
         let mut models = HashMap::new();
         let mut model_order = Vec::new();
         for m in &config.models {
-            let price = Price::from_config(m.price.as_ref());
+            // The model's price, else the price table's for its first target.
+            let first = m
+                .targets
+                .first()
+                .map(|t| t.model.as_str())
+                .unwrap_or_default();
+            let price_config = m.price.or_else(|| table.lookup(first));
+            if price_config.is_none() && m.pricing.is_none() {
+                warn!(model = %m.name, "no price configured or known for this model: its requests cost $0");
+            }
+            let price = Price::from_config(price_config.as_ref());
             let targets: Vec<Arc<Target>> = m
                 .targets
                 .iter()
@@ -258,10 +271,13 @@ impl ConfigState {
                         health: health.get(&label),
                         label,
                         weight: t.weight,
-                        price: t
-                            .price
-                            .as_ref()
-                            .map_or(price, |p| Price::from_config(Some(p))),
+                        // The target's price, else the model's, else the table's.
+                        price: match (t.price, m.price) {
+                            (Some(p), _) | (None, Some(p)) => Price::from_config(Some(&p)),
+                            (None, None) => table
+                                .lookup(&t.model)
+                                .map_or(price, |p| Price::from_config(Some(&p))),
+                        },
                     }))
                 })
                 .collect();

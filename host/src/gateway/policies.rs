@@ -42,12 +42,18 @@ pub struct PolicySet {
     pub order: Vec<String>,
     chains: HashMap<String, Vec<Arc<Policy>>>,
     routers: HashMap<String, Arc<Policy>>,
+    pricers: HashMap<String, Arc<Policy>>,
 }
 
 impl PolicySet {
     /// The router policy of `model`, if it has one.
     pub fn router(&self, model: &str) -> Option<&Arc<Policy>> {
         self.routers.get(model)
+    }
+
+    /// The pricing policy of `model`, if it has one.
+    pub fn pricer(&self, model: &str) -> Option<&Arc<Policy>> {
+        self.pricers.get(model)
     }
 
     /// The guardrails that run for `model`, in order.
@@ -84,11 +90,20 @@ impl PolicySet {
                 Some((m.name.clone(), router.policy.clone()))
             })
             .collect();
+        let pricers = config
+            .models
+            .iter()
+            .filter_map(|m| {
+                let pricer = entries.get(m.pricing.as_ref()?)?;
+                Some((m.name.clone(), pricer.policy.clone()))
+            })
+            .collect();
         PolicySet {
             order: config.policies.iter().map(|p| p.name.clone()).collect(),
             entries,
             chains,
             routers,
+            pricers,
         }
     }
 

@@ -21,14 +21,16 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use serde_json::json;
 
+use super::chat::Pricing;
 use super::{Body, Gateway, Model, RequestLog, Target, chat};
 use crate::chat::{ChatChunk, ChunkChoice, Delta, Usage};
 use crate::metrics;
+use crate::policy::PricePhase;
 use crate::policy::{GuardChain, Stop};
 use crate::providers::{ChunkStream, StreamFault};
 use crate::routing::health::InFlight;
 use crate::sse;
-use crate::state::{ANONYMOUS, Actual, Reservation};
+use crate::state::Reservation;
 
 /// How a stream ended.
 enum End {
@@ -61,8 +63,10 @@ pub(super) struct ClientStream {
     first_sent: bool,
     log: RequestLog,
     finished: bool,
-    /// What the ledger still has to hear about this request.
-    unrecorded: Option<(Option<Reservation>, Actual)>,
+    pricing: Pricing,
+    /// What is left to price, log and record once the stream ended:
+    /// (usage, status, error code).
+    unsettled: Option<(Usage, u16, Option<&'static str>)>,
 }
 
 impl ClientStream {
@@ -71,6 +75,7 @@ impl ClientStream {
         gw: Arc<Gateway>,
         model: Arc<Model>,
         target: (Arc<Target>, InFlight),
+        pricing: Pricing,
         source: ChunkStream,
         chain: Option<GuardChain>,
         include_usage: bool,
@@ -95,7 +100,8 @@ impl ClientStream {
             first_sent: false,
             log,
             finished: false,
-            unrecorded: None,
+            pricing,
+            unsettled: None,
         }
     }
 
@@ -309,6 +315,8 @@ impl ClientStream {
         out.extend_from_slice(b"\n\n");
     }
 
+    /// The stream ended: note how, for [`Self::record`] (or the drop
+    /// path) to price, log and record.
     fn finish(&mut self, end: End) {
         if self.finished {
             return;
@@ -317,34 +325,48 @@ impl ClientStream {
         let usage = self.usage.take().unwrap_or_else(|| {
             Usage::new(self.prompt_estimate, (self.output_bytes as u64).div_ceil(4))
         });
-        let actual = chat::account(&self.target.0.price, &usage, &mut self.log);
-        self.unrecorded = Some((self.reservation.take(), actual));
         if let (End::Done, Some(chain)) = (&end, self.chain.take()) {
             tokio::spawn(chain.finish());
         }
-        match end {
-            End::Done => self.log.finish(200, None),
+        let (status, error) = match end {
+            End::Done => (200, None),
             End::Fault(fault) => {
                 metrics::stream_aborted(&self.model.name, "upstream");
                 tracing::warn!(request_id = %self.log.id, error = %fault, "upstream failed mid-stream");
-                self.log.finish(200, Some(fault.code()));
+                (200, Some(fault.code()))
             }
             End::Blocked(policy) => {
                 metrics::stream_aborted(&self.model.name, "content_filter");
                 tracing::info!(request_id = %self.log.id, policy = %policy, "stream blocked by a guardrail");
-                self.log.finish(200, Some("content_filter"));
+                (200, Some("content_filter"))
             }
             End::PolicyFailed(policy) => {
                 metrics::stream_aborted(&self.model.name, "policy_error");
                 tracing::warn!(request_id = %self.log.id, policy = %policy, "policy failed mid-stream");
-                self.log.finish(200, Some("policy_error"));
+                (200, Some("policy_error"))
             }
             End::ClientGone => {
                 metrics::stream_aborted(&self.model.name, "client_closed");
-                self.log.finish(499, Some("client_closed"));
+                (499, Some("client_closed"))
             }
-        }
+        };
+        self.unsettled = Some((usage, status, error));
     }
+}
+
+/// Price, log and record an ended stream.
+async fn settle(
+    gw: &Gateway,
+    pricing: &Pricing,
+    target: &Target,
+    log: &mut RequestLog,
+    reservation: Option<Reservation>,
+    (usage, status, error): (Usage, u16, Option<&'static str>),
+) {
+    let cost = pricing.cost(gw, PricePhase::Actual, target, &usage).await;
+    let actual = chat::account(&usage, cost, log);
+    log.finish(status, error);
+    chat::record(gw, log, reservation, actual).await;
 }
 
 fn error_event(message: &str, kind: &str, code: &str) -> Bytes {
@@ -355,15 +377,19 @@ fn error_event(message: &str, kind: &str, code: &str) -> Bytes {
 }
 
 impl ClientStream {
-    /// Settle and record with the ledger (before the last frame goes out,
-    /// so the next request of the same key sees this one settled).
+    /// Price, log and record (before the last frame goes out, so the next
+    /// request of the same key sees this one settled).
     async fn record(&mut self) {
-        if let Some((reservation, actual)) = self.unrecorded.take() {
-            let key = self.log.key.as_deref().unwrap_or(ANONYMOUS);
-            self.gw
-                .ledger()
-                .record(key, &self.log.model, reservation, Some(actual))
-                .await;
+        if let Some(ended) = self.unsettled.take() {
+            settle(
+                &self.gw,
+                &self.pricing,
+                &self.target.0,
+                &mut self.log,
+                self.reservation.take(),
+                ended,
+            )
+            .await;
         }
     }
 }
@@ -371,15 +397,15 @@ impl ClientStream {
 impl Drop for ClientStream {
     fn drop(&mut self) {
         self.finish(End::ClientGone);
-        // The client left mid-stream: record what was used, off this path.
-        if let Some((reservation, actual)) = self.unrecorded.take() {
+        // The client left mid-stream: settle what was used, off this path.
+        if let Some(ended) = self.unsettled.take() {
             let gw = self.gw.clone();
-            let key = self.log.key.clone().unwrap_or_else(|| ANONYMOUS.into());
-            let model = self.log.model.clone();
+            let pricing = self.pricing.clone();
+            let target = self.target.0.clone();
+            let reservation = self.reservation.take();
+            let mut log = self.log.hand_off();
             tokio::spawn(async move {
-                gw.ledger()
-                    .record(&key, &model, reservation, Some(actual))
-                    .await;
+                settle(&gw, &pricing, &target, &mut log, reservation, ended).await;
             });
         }
     }

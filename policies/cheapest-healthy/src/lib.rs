@@ -54,7 +54,8 @@ pub fn order(config: &Config, req: &ChatRequest, candidates: &[Candidate]) -> Ve
             .map_or(config.default_output_tokens, u64::from),
     );
     let cost = |c: &Candidate| {
-        input * u128::from(c.input_micro_usd_per_mtok) + output * u128::from(c.output_micro_usd_per_mtok)
+        input * u128::from(c.input_micro_usd_per_mtok)
+            + output * u128::from(c.output_micro_usd_per_mtok)
     };
     let mut order: Vec<u32> = (0..candidates.len() as u32)
         .filter(|&i| !config.skip_unhealthy || candidates[i as usize].healthy)
@@ -110,7 +111,10 @@ mod tests {
             skip_unhealthy: true,
             ..Config::default()
         };
-        assert_eq!(super::order(&skip, &user_request("hello"), &candidates), vec![2, 0]);
+        assert_eq!(
+            super::order(&skip, &user_request("hello"), &candidates),
+            vec![2, 0]
+        );
     }
 
     #[test]
@@ -122,7 +126,10 @@ mod tests {
         ];
         let mut long_answer = user_request("hi");
         long_answer.max_tokens = Some(4000);
-        assert_eq!(order(&Config::default(), &long_answer, &candidates), vec![1, 0]);
+        assert_eq!(
+            order(&Config::default(), &long_answer, &candidates),
+            vec![1, 0]
+        );
         let long_prompt = user_request(&"x".repeat(40_000));
         let mut short = long_prompt.clone();
         short.max_tokens = Some(1);

@@ -44,7 +44,13 @@ fn start(bin: &Path, cfg: &str, dir: &Path, cache: &Path) -> (Gateway, Duration)
 
 async fn put(gw: &Gateway, bytes: Vec<u8>) -> Duration {
     let started = Instant::now();
-    let r = send(Method::PUT, &gw.admin_url("/admin/policies/slot"), &[], bytes).await;
+    let r = send(
+        Method::PUT,
+        &gw.admin_url("/admin/policies/slot"),
+        &[],
+        bytes,
+    )
+    .await;
     let elapsed = started.elapsed();
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["swapped"], true);
@@ -98,7 +104,12 @@ async fn main() {
         ms(allow_again)
     );
     for ((name, c), w) in cold.iter().zip(&warm) {
-        println!("| {name} | {} B | {} ms | {} ms |", bytes(name).len(), ms(*c), ms(*w));
+        println!(
+            "| {name} | {} B | {} ms | {} ms |",
+            bytes(name).len(),
+            ms(*c),
+            ms(*w)
+        );
     }
 
     // Start-up with 5 policies: the four examples and a second allow-all.

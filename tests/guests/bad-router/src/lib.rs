@@ -14,7 +14,11 @@ use weir::policy::types::{ChatRequest, RequestInfo};
 struct BadRouter;
 
 impl Guest for BadRouter {
-    fn route(_info: RequestInfo, req: ChatRequest, candidates: Vec<Candidate>) -> Result<Vec<u32>, String> {
+    fn route(
+        _info: RequestInfo,
+        req: ChatRequest,
+        candidates: Vec<Candidate>,
+    ) -> Result<Vec<u32>, String> {
         let text: String = req.messages.iter().map(|m| m.content.as_str()).collect();
         if text.contains("ROUTER:bad") {
             return Ok(vec![99]);
