@@ -50,6 +50,9 @@ build_wasm() {
         cp "${CARGO_TARGET_DIR:-target}/wasm32-wasip2/release/${package//-/_}.wasm" "$dest/$name.wasm"
     done
     ls -l target/policies/*.wasm | awk '{printf "    %-40s %8d bytes\n", $9, $5}' >&2
+    # The Python, JavaScript and C policies, each with its own toolchain
+    # (componentize-py from PyPI, componentize-js from npm, Debian's clang).
+    policies/build-other.sh
 }
 
 build_host() {
