@@ -55,6 +55,17 @@ build_wasm() {
     policies/build-other.sh
 }
 
+# The Python and JavaScript policy templates, copied and built exactly as
+# docs/languages.md tells a policy author to: the walkthrough test runs them.
+build_templates() {
+    local lang
+    for lang in python js; do
+        mkdir -p "target/template-$lang"
+        cp -r "sdk/$lang/template/." "target/template-$lang/"
+    done
+    policies/build-other.sh target/template-python target/template-js
+}
+
 build_host() {
     log "building the weir host (release)"
     cargo build --release --locked -p weir
@@ -88,6 +99,7 @@ case "$cmd" in
                 { $sudo apt-get update >/dev/null && $sudo apt-get install -y redis-server >/dev/null; }
         fi
         build_wasm with-test-guests
+        build_templates
         build_host
         log "running every test (release profile: shares the build above)"
         cargo test --release --locked --workspace

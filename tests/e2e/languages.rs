@@ -8,8 +8,9 @@
 use std::path::Path;
 use std::time::Duration;
 
+use http::Method;
 use serde_json::{Value, json};
-use weir_testkit::client::{self, get, post_json};
+use weir_testkit::client::{self, get, post_json, send};
 use weir_testkit::gateway::{Gateway, run};
 use weir_testkit::upstream::{Chat, MockUpstream, Reply};
 
@@ -445,4 +446,63 @@ fn go_guests_are_refused_reuse_instances_with_the_reason() {
     );
     let (code, out, err) = check("");
     assert_eq!(code, 0, "fresh instances are fine: {out}{err}");
+}
+
+/// docs/languages.md's "your first policy" for Python and JavaScript, step by
+/// step: the templates, copied to a policy folder and built by
+/// `./dev.sh test` (as `template-python` / `template-js`), pass their own
+/// cases under `weir policy test`, then replace a running guardrail through
+/// `PUT /admin/policies/{name}` and take effect on the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_policy_walkthrough_works_for_the_python_and_javascript_templates() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for (lang, built) in [("python", "template-python"), ("js", "template-js")] {
+        let wasm = policy(built);
+        let template = root.join("sdk").join(lang).join("template");
+        let (code, out, err) = run(
+            bin(),
+            &[
+                "policy",
+                "test",
+                wasm.to_str().unwrap(),
+                "--cases",
+                "cases.jsonl",
+            ],
+            &template,
+        );
+        assert_eq!(code, 0, "{lang}: {out}{err}");
+        assert!(out.contains("3 cases, 0 failed"), "{lang}: {out}");
+
+        // A gateway whose guardrail `mine` starts as allow-all.
+        let up = MockUpstream::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let mine = dir.path().join("mine.wasm");
+        std::fs::copy(policy("allow-all"), &mine).unwrap();
+        let gw = start(&config(&up, &entry("mine", &mine, true, "{}", INTERPRETER)));
+        let url = gw.url("/v1/chat/completions");
+        let asks = chat_body("tell me the forbidden thing");
+        assert_eq!(post_json(&url, &asks, None).await.status, 200, "{lang}");
+
+        let put = send(
+            Method::PUT,
+            &gw.admin_url("/admin/policies/mine"),
+            &[],
+            std::fs::read(&wasm).unwrap(),
+        )
+        .await;
+        assert_eq!(put.status, 200, "{lang}: {}", put.text());
+        let denied = post_json(&url, &asks, None).await;
+        assert_eq!(denied.status, 400, "{lang}: {}", denied.text());
+        assert_eq!(denied.header("x-weir-policy"), Some("mine"));
+        assert!(
+            denied.text().contains("does not allow"),
+            "{}",
+            denied.text()
+        );
+
+        up.push(Reply::Chat(Chat::text(&["a forbidden ", "word"])));
+        let s = client::stream(&url, &stream_body("hello"), None).await;
+        assert!(s.done(), "{lang}");
+        assert_eq!(deltas(&s).concat(), "a ********* word", "{lang}");
+    }
 }
