@@ -99,7 +99,7 @@
 //! weir_policy::export_guardrail!(CodenameGuard);
 //! ```
 //!
-//! Build it with `cargo build --release --target wasm32-wasip2`: for that
+//! Build it with `cargo build --release --target wasm32-wasip2` (weir's `./dev.sh` uses `--profile policy`: LTO, smaller and faster to load): for that
 //! target a `cdylib` already is a component, ready for the gateway's
 //! `[[policies]] path`. In this repository `policies/build.sh` builds every
 //! policy into `target/policies/<folder>.wasm`.
