@@ -21,8 +21,9 @@ import (
 // functions at times when the component may not call out of itself; a Go
 // garbage collection (or heap profile sample) started by an allocation there
 // would read the clock through WASI and trap. So the collector only runs
-// where calling out is allowed: at the end of an exported function, once
-// the heap has grown by gcEvery since the last collection.
+// where calling out is allowed: when an exported function starts, once
+// cabi_realloc and results have allocated gcEvery bytes since the last
+// collection.
 const gcEvery = 4 << 20
 
 var allocated uint64
