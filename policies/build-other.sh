@@ -19,8 +19,8 @@
 #     target/toolchains/go; `GOOS=wasip1 GOARCH=wasm go build
 #     -buildmode=c-shared` makes a core module (a reactor exporting its
 #     functions with //go:wasmexport), which weir-wasip1-component
-#     (tests/src/bin, built with cargo) turns into a component with WASI's
-#     preview1 reactor adapter. No module proxy: dependencies must be
+#     (tools/wasip1-component, built with cargo) turns into a component with
+#     WASI's preview1 reactor adapter. No module proxy: dependencies must be
 #     vendored (`go mod vendor`).
 #
 #   policies/build-other.sh              build all of them
@@ -153,7 +153,8 @@ build_go() {
         (cd "$folder" && GOOS=wasip1 GOARCH=wasm "$GOROOT/bin/go" build -buildmode=c-shared -trimpath -ldflags=-s -o "$core" .)
         # The core module with the preview1 adapter, as a component (cargo
         # builds the tool the first time).
-        cargo run --release --locked --quiet -p weir-testkit --bin weir-wasip1-component -- \
+        cargo run --release --locked --quiet --manifest-path tools/wasip1-component/Cargo.toml \
+            --target-dir "$root/target/toolchains/wasip1-component" -- \
             "$core" wit guardrail-policy "$out/$name.wasm"
         echo "    $((SECONDS - started)) s" >&2
     )

@@ -7,7 +7,7 @@
 //
 // Built by policies/build-other.sh with Go's own compiler
 // (GOOS=wasip1 GOARCH=wasm, -buildmode=c-shared) into a core module, which
-// `weir-wasip1-component` (tests/src/bin) turns into a component with the
+// `weir-wasip1-component` (tools/wasip1-component) turns into a component with the
 // WASI preview1 reactor adapter. abi.go is the canonical-ABI glue for the
 // guardrail-policy world; this file is the policy.
 //

@@ -1,7 +1,8 @@
 //! Turns a WASI preview1 reactor core module into a policy component:
 //! embeds the WIT world's type information and wraps the module with the
 //! preview1 reactor adapter (what `wasm-tools component embed` + `component
-//! new --adapt` do). Used by policies/build-other.sh for Go policies.
+//! new --adapt` do). Used by policies/build-other.sh for Go policies, which
+//! builds it into target/toolchains/wasip1-component.
 //!
 //!   weir-wasip1-component CORE.wasm WIT-DIR WORLD OUT.wasm
 //!
