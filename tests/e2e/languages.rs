@@ -299,22 +299,23 @@ fn policy_test_runs_the_cases_each_policy_ships_with() {
     assert!(out.contains("expected allow, got deny"), "{out}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn c_length_limit_refuses_long_requests_and_ends_long_responses() {
-    let up = MockUpstream::start().await;
-    let extra = entry(
-        "length-limit-c",
-        &policy("length-limit-c"),
+/// The length-limit guardrail `name` (C and Go implement the same one) with
+/// `extra` settings: refuses requests over 40 bytes of text, ends a stream
+/// after 25 bytes with `content_filter`. Returns the gateway for more checks.
+async fn length_limit_refuses_and_ends(up: &MockUpstream, name: &str, extra: &str) -> Gateway {
+    let entry = entry(
+        name,
+        &policy(name),
         true,
         "{ max_request_bytes = 40, max_response_bytes = 25 }",
-        "reuse_instances = 4",
+        extra,
     );
-    let gw = start(&config(&up, &extra));
+    let gw = start(&config(up, &entry));
     let url = gw.url("/v1/chat/completions");
     for _ in 0..6 {
         assert_eq!(post_json(&url, &chat_body("short"), None).await.status, 200);
         let long = post_json(&url, &chat_body(&"x".repeat(41)), None).await;
-        assert_eq!(long.status, 400);
+        assert_eq!(long.status, 400, "{name}");
         assert_eq!(long.error_code(), "request_too_long");
         assert!(long.text().contains("41 bytes of text; the limit is 40"));
     }
@@ -328,6 +329,13 @@ async fn c_length_limit_refuses_long_requests_and_ends_long_responses() {
     assert!(s.done(), "{:?}", s.events);
     assert_eq!(s.text(), "01234567890123456789");
     assert_eq!(finish_reason(&s), "content_filter");
+    gw
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c_length_limit_refuses_long_requests_and_ends_long_responses() {
+    let up = MockUpstream::start().await;
+    length_limit_refuses_and_ends(&up, "length-limit-c", "reuse_instances = 4").await;
 }
 
 /// The same guardrail in Go, on fresh instances (Go guests cannot reuse
@@ -335,32 +343,8 @@ async fn c_length_limit_refuses_long_requests_and_ends_long_responses() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn go_length_limit_refuses_long_requests_and_ends_long_responses() {
     let up = MockUpstream::start().await;
-    let extra = entry(
-        "length-limit-go",
-        &policy("length-limit-go"),
-        true,
-        "{ max_request_bytes = 40, max_response_bytes = 25 }",
-        "",
-    );
-    let gw = start(&config(&up, &extra));
+    let gw = length_limit_refuses_and_ends(&up, "length-limit-go", "").await;
     let url = gw.url("/v1/chat/completions");
-    for _ in 0..6 {
-        assert_eq!(post_json(&url, &chat_body("short"), None).await.status, 200);
-        let long = post_json(&url, &chat_body(&"x".repeat(41)), None).await;
-        assert_eq!(long.status, 400);
-        assert_eq!(long.error_code(), "request_too_long");
-        assert!(long.text().contains("41 bytes of text; the limit is 40"));
-    }
-    up.push(Reply::Chat(Chat::text(&[
-        "0123456789",
-        "0123456789",
-        "0123456789",
-        "never sent",
-    ])));
-    let s = client::stream(&url, &stream_body("hi"), None).await;
-    assert!(s.done(), "{:?}", s.events);
-    assert_eq!(s.text(), "01234567890123456789");
-    assert_eq!(finish_reason(&s), "content_filter");
     // Not streamed: one call with the whole text.
     up.push(Reply::Chat(Chat::text(&["0123456789", "0123456789"])));
     let r = post_json(&url, &chat_body("hi"), None).await;
