@@ -237,6 +237,21 @@ async fn javascript_secrets_block_mode_denies_and_stops_the_stream() {
     assert!(!s.raw.contains("sk-"));
 }
 
+/// `weir policy test WASM --cases CASES --policy-config CONFIG`, run in
+/// `dir`: (exit code, stdout, stderr).
+fn policy_test(wasm: &Path, cases: &str, config: &str, dir: &Path) -> (i32, String, String) {
+    let args = [
+        "policy",
+        "test",
+        wasm.to_str().unwrap(),
+        "--cases",
+        cases,
+        "--policy-config",
+        config,
+    ];
+    run(bin(), &args, dir)
+}
+
 /// `weir policy test` over the cases each policy ships with.
 #[test]
 fn policy_test_runs_the_cases_each_policy_ships_with() {
@@ -260,19 +275,7 @@ fn policy_test_runs_the_cases_each_policy_ships_with() {
     ];
     for (name, cases, policy_config) in runs {
         let wasm = policy(name);
-        let (code, out, err) = run(
-            bin(),
-            &[
-                "policy",
-                "test",
-                wasm.to_str().unwrap(),
-                "--cases",
-                cases,
-                "--policy-config",
-                policy_config,
-            ],
-            &root.join(name),
-        );
+        let (code, out, err) = policy_test(&wasm, cases, policy_config, &root.join(name));
         assert_eq!(code, 0, "{name} {cases}: {out}{err}");
         assert!(out.contains(" 0 failed"), "{out}");
     }
@@ -282,19 +285,7 @@ fn policy_test_runs_the_cases_each_policy_ships_with() {
     let wrong = json!({"name": "wrong", "request": {"messages": [{"role": "user", "content": "stock tips"}]}, "expect": "allow"});
     std::fs::write(dir.path().join("wrong.jsonl"), wrong.to_string()).unwrap();
     let wasm = policy("topic-filter-py");
-    let (code, out, _) = run(
-        bin(),
-        &[
-            "policy",
-            "test",
-            wasm.to_str().unwrap(),
-            "--cases",
-            "wrong.jsonl",
-            "--policy-config",
-            &topics_config,
-        ],
-        dir.path(),
-    );
+    let (code, out, _) = policy_test(&wasm, "wrong.jsonl", &topics_config, dir.path());
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("expected allow, got deny"), "{out}");
 }
@@ -373,19 +364,8 @@ fn go_length_limit_collects_garbage_over_a_long_response_and_a_large_request() {
     let lines: Vec<String> = cases.iter().map(Value::to_string).collect();
     std::fs::write(dir.path().join("gc.jsonl"), lines.join("\n")).unwrap();
     let wasm = policy("length-limit-go");
-    let (code, out, err) = run(
-        bin(),
-        &[
-            "policy",
-            "test",
-            wasm.to_str().unwrap(),
-            "--cases",
-            "gc.jsonl",
-            "--policy-config",
-            "{\"max_request_bytes\": 0}",
-        ],
-        dir.path(),
-    );
+    let config = "{\"max_request_bytes\": 0}";
+    let (code, out, err) = policy_test(&wasm, "gc.jsonl", config, dir.path());
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("2 cases, 0 failed"), "{out}");
 }
@@ -540,17 +520,7 @@ async fn the_first_policy_walkthrough_works_for_the_python_and_javascript_templa
     for (lang, built) in [("python", "template-python"), ("js", "template-js")] {
         let wasm = policy(built);
         let template = root.join("sdk").join(lang).join("template");
-        let (code, out, err) = run(
-            bin(),
-            &[
-                "policy",
-                "test",
-                wasm.to_str().unwrap(),
-                "--cases",
-                "cases.jsonl",
-            ],
-            &template,
-        );
+        let (code, out, err) = policy_test(&wasm, "cases.jsonl", "{}", &template);
         assert_eq!(code, 0, "{lang}: {out}{err}");
         assert!(out.contains("3 cases, 0 failed"), "{lang}: {out}");
 
