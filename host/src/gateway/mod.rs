@@ -627,8 +627,15 @@ impl Gateway {
                     let result = call.call(&self.client, target).await;
                     let elapsed = t0.elapsed();
                     let now = Instant::now();
-                    match result {
-                        Ok(reply) => {
+                    // A reply, or the upstream's verdict on the request
+                    // itself (a healthy target either way): the answer.
+                    let answered = match result {
+                        Ok(reply) => Ok(Ok(reply)),
+                        Err(AttemptError::Rejected(error)) => Ok(Err(error)),
+                        Err(error) => Err(error),
+                    };
+                    match answered {
+                        Ok(answer) => {
                             target.health.record(
                                 Outcome::Ok {
                                     latency: elapsed,
@@ -637,30 +644,14 @@ impl Gateway {
                                 &model.circuit,
                                 now,
                             );
+                            let outcome = if answer.is_ok() { "ok" } else { "rejected" };
                             metrics::upstream_attempt(
                                 &target.provider.name,
                                 &target.model,
-                                "ok",
+                                outcome,
                                 elapsed,
                             );
-                            return Ok((target.clone(), reply, in_flight));
-                        }
-                        Err(AttemptError::Rejected(error)) => {
-                            target.health.record(
-                                Outcome::Ok {
-                                    latency: elapsed,
-                                    streaming,
-                                },
-                                &model.circuit,
-                                now,
-                            );
-                            metrics::upstream_attempt(
-                                &target.provider.name,
-                                &target.model,
-                                "rejected",
-                                elapsed,
-                            );
-                            return Err(error);
+                            return answer.map(|reply| (target.clone(), reply, in_flight));
                         }
                         Err(error) => {
                             metrics::upstream_attempt(

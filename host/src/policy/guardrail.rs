@@ -60,6 +60,19 @@ pub struct RequestContext {
     pub metadata: Vec<(String, String)>,
 }
 
+impl RequestContext {
+    /// The `request-info` every hook receives.
+    pub(super) fn info(&self) -> wit::RequestInfo {
+        wit::RequestInfo {
+            request_id: self.request_id.clone(),
+            key_name: self.key_name.clone(),
+            model: self.model.clone(),
+            streaming: self.streaming,
+            metadata: self.metadata.clone(),
+        }
+    }
+}
+
 struct Live {
     store: Store<PolicyState>,
     bindings: GuardrailPolicy,
@@ -317,13 +330,7 @@ impl GuardChain {
         policies: &[Arc<Policy>],
         ctx: &RequestContext,
     ) -> Result<GuardChain, Stop> {
-        let info = wit::RequestInfo {
-            request_id: ctx.request_id.clone(),
-            key_name: ctx.key_name.clone(),
-            model: ctx.model.clone(),
-            streaming: ctx.streaming,
-            metadata: ctx.metadata.clone(),
-        };
+        let info = ctx.info();
         let request_id: Arc<str> = ctx.request_id.as_str().into();
         let mut guards = Vec::with_capacity(policies.len());
         for policy in policies {

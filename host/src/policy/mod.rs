@@ -412,13 +412,7 @@ impl PolicyRuntime {
         let err = |e: wasmtime::Error| guardrail::describe_failure(&e).1;
         let bindings = pre.instantiate_async(&mut store).await.map_err(err)?;
         store.set_epoch_deadline(policy.limits.ticks);
-        let info = wit::RequestInfo {
-            request_id: ctx.request_id.clone(),
-            key_name: ctx.key_name.clone(),
-            model: ctx.model.clone(),
-            streaming: ctx.streaming,
-            metadata: ctx.metadata.clone(),
-        };
+        let info = ctx.info();
         let wit_candidates: Vec<_> = candidates
             .iter()
             .map(
@@ -506,13 +500,7 @@ impl PolicyRuntime {
         let err = |e: wasmtime::Error| guardrail::describe_failure(&e).1;
         let bindings = pre.instantiate_async(&mut store).await.map_err(err)?;
         store.set_epoch_deadline(policy.limits.ticks);
-        let info = wit::RequestInfo {
-            request_id: ctx.request_id.clone(),
-            key_name: ctx.key_name.clone(),
-            model: ctx.model.clone(),
-            streaming: ctx.streaming,
-            metadata: ctx.metadata.clone(),
-        };
+        let info = ctx.info();
         let result = bindings
             .weir_policy_pricing()
             .call_price(

@@ -36,7 +36,7 @@ use serde_json::{Map, Value, json};
 use super::{
     AttemptError, ChatReply, ChunkMeta, ChunkStream, EventError, HttpClient, Provider, StreamFault,
     Translate, Translated, UpstreamFailure, key_from_env, max_upstream_body, now_secs,
-    parse_data_url, post_json, read_body, role_delta, send, status_error,
+    parse_data_url, post_json, read_body, role_delta, send_ok,
 };
 use crate::chat::open::Extra;
 use crate::chat::{
@@ -96,12 +96,7 @@ impl Anthropic {
             req.stream,
             &headers,
         )?;
-        let response = send(client, provider, request).await?;
-        let status = response.status();
-        let mut incoming = response.into_body();
-        if !status.is_success() {
-            return Err(status_error(status, &mut incoming, provider.idle_timeout).await);
-        }
+        let mut incoming = send_ok(client, provider, request).await?;
         if !req.stream {
             let bytes =
                 read_body(&mut incoming, provider.idle_timeout, max_upstream_body()).await?;

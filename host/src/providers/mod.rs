@@ -278,6 +278,22 @@ pub fn key_from_env(var: Option<&str>, prefix: &str) -> Option<HeaderValue> {
     Some(value)
 }
 
+/// [`send`], then the body of a successful answer; any other status is the
+/// upstream's error, as [`status_error`] reads it.
+pub async fn send_ok(
+    client: &HttpClient,
+    provider: &Provider,
+    request: http::Request<Full<Bytes>>,
+) -> Result<Incoming, AttemptError> {
+    let response = send(client, provider, request).await?;
+    let status = response.status();
+    let mut incoming = response.into_body();
+    if !status.is_success() {
+        return Err(status_error(status, &mut incoming, provider.idle_timeout).await);
+    }
+    Ok(incoming)
+}
+
 /// Send one request, bounded by the provider's connect + headers timeout.
 pub async fn send(
     client: &HttpClient,

@@ -23,8 +23,7 @@ use serde_json::{Map, Value};
 
 use super::{
     AttemptError, ChatReply, ChunkStream, HttpClient, Provider, StreamFault, body_with,
-    error_chain, key_from_env, max_upstream_body, parse_completion, post_json, read_body, send,
-    status_error,
+    error_chain, key_from_env, max_upstream_body, parse_completion, post_json, read_body, send_ok,
 };
 use crate::chat::{ChatChunk, ChatRequest};
 use crate::config::{Config, DEFAULT_AZURE_API_VERSION, ProviderConfig};
@@ -114,12 +113,7 @@ impl OpenAi {
             body_with(&req.body, &[("model", &model_value)])
         };
         let request = self.request("chat/completions", model, body, req.stream)?;
-        let response = send(client, provider, request).await?;
-        let status = response.status();
-        let mut incoming = response.into_body();
-        if !status.is_success() {
-            return Err(status_error(status, &mut incoming, provider.idle_timeout).await);
-        }
+        let mut incoming = send_ok(client, provider, request).await?;
         if !req.stream {
             let bytes =
                 read_body(&mut incoming, provider.idle_timeout, max_upstream_body()).await?;
@@ -154,12 +148,7 @@ impl OpenAi {
             body_with(body, &[("model", &model_value)]),
             false,
         )?;
-        let response = send(client, provider, request).await?;
-        let status = response.status();
-        let mut incoming = response.into_body();
-        if !status.is_success() {
-            return Err(status_error(status, &mut incoming, provider.idle_timeout).await);
-        }
+        let mut incoming = send_ok(client, provider, request).await?;
         let bytes = read_body(&mut incoming, provider.idle_timeout, max_upstream_body()).await?;
         match serde_json::from_slice::<Value>(&bytes) {
             Ok(v @ Value::Object(_)) if v.get("data").is_some_and(Value::is_array) => Ok(v),
