@@ -80,4 +80,5 @@ $pin_load ./target/release/weir-load \
     "direct=http://127.0.0.1:18000/v1" \
     "nginx=http://127.0.0.1:18002/v1@$nginx_pid,$nginx_workers" \
     "weir=http://127.0.0.1:18001/v1@$weir_pid" \
+    "weir, key without limits=http://127.0.0.1:18001/v1@$weir_pid#sk-bench-key-open" \
     "weir+3 guardrails=http://127.0.0.1:18004/v1@$guarded_pid"

@@ -58,6 +58,7 @@
 //! instead of 9 ms, so no request pays more than about a millisecond.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::hash::Hasher;
@@ -65,7 +66,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use hashbrown::HashTable;
-use regex_automata::meta::Regex;
+use regex_automata::meta::{Cache, Regex};
 use regex_automata::{Anchored, Input};
 use rustc_hash::FxHasher;
 use serde_json::Value;
@@ -297,15 +298,30 @@ const CL100K_SPLIT: &str = concat!(
 
 /// A vocabulary as counting needs it: byte strings to ranks, and the
 /// pre-split pattern. The byte strings stay in the binary's read-only data
-/// (written by `build.rs`); the table holds ranks only, hashed by their
-/// bytes: 5 bytes a slot, 2 MiB for o200k (a map of slices to ranks is 6.5).
+/// (written by `build.rs`); a slot holds where a token's bytes start there
+/// and its rank: 9 bytes a slot with the control byte, 2.4 MiB for o200k
+/// (a map of slices to ranks is 6.5).
 struct Table {
     /// The vocabulary file: for each rank, a `u16` length and the bytes.
     data: &'static [u8],
-    /// Where each rank's bytes start in `data`, and (last) the end.
-    starts: Vec<u32>,
-    ranks: HashTable<u32>,
+    ranks: HashTable<Token>,
     split: Regex,
+    encoding: Encoding,
+}
+
+thread_local! {
+    /// Each thread's search cache per vocabulary's pattern: `Regex::search`
+    /// takes one from a pool for every piece, behind a lock on every thread
+    /// but the first to use it.
+    static SEARCH_CACHES: RefCell<[Option<Cache>; 2]> = const { RefCell::new([None, None]) };
+}
+
+/// A token: its bytes at `data[start..]` (the `u16` length just before),
+/// and its rank.
+#[derive(Clone, Copy)]
+struct Token {
+    start: u32,
+    rank: u32,
 }
 
 static O200K: OnceLock<Option<Table>> = OnceLock::new();
@@ -355,49 +371,53 @@ impl Table {
             Encoding::O200k => (O200K_RANKS, O200K_SPLIT),
             Encoding::Cl100k => (CL100K_RANKS, CL100K_SPLIT),
         };
-        let mut starts = Vec::with_capacity(210_000);
-        let mut at = 0;
-        while at < data.len() {
-            let len = data
-                .get(at..at + 2)
-                .map(|l| usize::from(u16::from_le_bytes([l[0], l[1]])))
-                .ok_or("truncated vocabulary")?;
-            at += 2;
-            starts.push(u32::try_from(at).map_err(|e| e.to_string())?);
-            at += len;
-        }
-        if at != data.len() {
-            return Err("truncated vocabulary".into());
-        }
-        starts.push(u32::try_from(at + 2).map_err(|e| e.to_string())?);
+        let split = Regex::new(pattern).map_err(|e| e.to_string())?;
         let mut table = Table {
             data,
-            starts,
-            ranks: HashTable::with_capacity(210_000),
-            split: Regex::new(pattern).map_err(|e| e.to_string())?,
+            ranks: HashTable::new(),
+            split,
+            encoding,
         };
-        let mut ranks = std::mem::take(&mut table.ranks);
-        for rank in 0..table.starts.len() as u32 - 1 {
-            let bytes = table.bytes(rank);
+        let mut ranks = HashTable::with_capacity(210_000);
+        let (mut at, mut rank) = (0, 0);
+        while at < data.len() {
+            let start = u32::try_from(at + 2).map_err(|e| e.to_string())?;
+            let token = Token { start, rank };
+            let bytes = table.bytes(token).ok_or("truncated vocabulary")?;
             if !bytes.is_empty() {
-                ranks.insert_unique(hash(bytes), rank, |&r| hash(table.bytes(r)));
+                ranks.insert_unique(hash(bytes), token, |t| table.hash_of(*t));
             }
+            at += 2 + bytes.len();
+            rank += 1;
         }
-        ranks.shrink_to_fit(|&r| hash(table.bytes(r)));
+        ranks.shrink_to_fit(|t| table.hash_of(*t));
         table.ranks = ranks;
         Ok(table)
     }
 
-    /// The bytes of `rank` (empty where no ordinary token has it).
-    fn bytes(&self, rank: u32) -> &'static [u8] {
-        let start = self.starts[rank as usize] as usize;
-        let end = self.starts[rank as usize + 1] as usize - 2;
-        &self.data[start..end]
+    /// A token's bytes (`None` past the end of a truncated file).
+    fn bytes(&self, token: Token) -> Option<&'static [u8]> {
+        let start = token.start as usize;
+        let len = self.data.get(start - 2..start)?;
+        let len = usize::from(u16::from_le_bytes([len[0], len[1]]));
+        self.data.get(start..start + len)
+    }
+
+    fn hash_of(&self, token: Token) -> u64 {
+        hash(self.bytes(token).unwrap_or_default())
     }
 
     /// Exact token count of `text` (the length of tiktoken's
     /// `encode_ordinary`).
     fn count(&self, text: &str) -> u64 {
+        SEARCH_CACHES.with_borrow_mut(|caches| {
+            let cache =
+                caches[self.encoding as usize].get_or_insert_with(|| self.split.create_cache());
+            self.count_with(cache, text)
+        })
+    }
+
+    fn count_with(&self, cache: &mut Cache, text: &str) -> u64 {
         let mut tokens = 0;
         let mut pos = 0;
         // The patterns cover every character, so each piece starts where the
@@ -405,8 +425,14 @@ impl Table {
         // the start (an unanchored one only if that ever fails).
         while let Some(m) = self
             .split
-            .search(&Input::new(text).range(pos..).anchored(Anchored::Yes))
-            .or_else(|| self.split.search(&Input::new(text).range(pos..)))
+            .search_with(
+                cache,
+                &Input::new(text).range(pos..).anchored(Anchored::Yes),
+            )
+            .or_else(|| {
+                self.split
+                    .search_with(cache, &Input::new(text).range(pos..))
+            })
         {
             let mut end = m.end();
             if end < text.len() {
@@ -452,20 +478,23 @@ impl Table {
 
     fn rank(&self, bytes: &[u8]) -> u32 {
         self.ranks
-            .find(hash(bytes), |&r| self.bytes(r) == bytes)
-            .copied()
-            .unwrap_or(u32::MAX)
+            .find(hash(bytes), |t| self.bytes(*t) == Some(bytes))
+            .map_or(u32::MAX, |t| t.rank)
     }
 
     /// tiktoken's byte-pair merge (lowest rank first, leftmost on ties),
     /// counting parts: a scan per merge, fast for short pieces.
     fn merge_small(&self, piece: &[u8]) -> u64 {
-        // (start, rank of merging this part with the next)
-        let mut parts: Vec<(usize, u32)> = (0..piece.len() - 1)
-            .map(|i| (i, self.rank(&piece[i..i + 2])))
-            .collect();
-        parts.push((piece.len() - 1, u32::MAX));
-        parts.push((piece.len(), u32::MAX));
+        // (start, rank of merging this part with the next), on the stack:
+        // `piece.len() + 1` entries, pieces here are under 64 bytes.
+        let mut parts = [(0usize, u32::MAX); 64];
+        let mut len = piece.len() + 1;
+        for (i, part) in parts[..len].iter_mut().enumerate() {
+            *part = (i, u32::MAX);
+        }
+        for i in 0..piece.len() - 1 {
+            parts[i].1 = self.rank(&piece[i..i + 2]);
+        }
         // The rank of part `i` merged with the next once part `i + 1` is
         // gone (it is still in `parts` when this runs).
         let merged_rank = |parts: &[(usize, u32)], i: usize| {
@@ -477,7 +506,7 @@ impl Table {
         };
         loop {
             let mut min = (u32::MAX, 0);
-            for (i, &(_, rank)) in parts[..parts.len() - 1].iter().enumerate() {
+            for (i, &(_, rank)) in parts[..len - 1].iter().enumerate() {
                 if rank < min.0 {
                     min = (rank, i);
                 }
@@ -487,12 +516,13 @@ impl Table {
             }
             let i = min.1;
             if i > 0 {
-                parts[i - 1].1 = merged_rank(&parts, i - 1);
+                parts[i - 1].1 = merged_rank(&parts[..len], i - 1);
             }
-            parts[i].1 = merged_rank(&parts, i);
-            parts.remove(i + 1);
+            parts[i].1 = merged_rank(&parts[..len], i);
+            parts.copy_within(i + 2..len, i + 1);
+            len -= 1;
         }
-        (parts.len() - 1) as u64
+        (len - 1) as u64
     }
 
     /// The same merge with a heap and a linked list: O(n log n), for long

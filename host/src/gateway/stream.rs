@@ -21,7 +21,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use serde_json::json;
 
-use super::chat::Pricing;
+use super::chat::{Pricing, PromptEstimate};
 use super::{Body, Gateway, Model, RequestLog, Target, chat};
 use crate::chat::{ChatChunk, ChunkChoice, Delta, Usage};
 use crate::metrics;
@@ -51,7 +51,7 @@ pub(super) struct ClientStream {
     chain: Option<GuardChain>,
     include_usage: bool,
     reservation: Option<Reservation>,
-    prompt_estimate: u64,
+    prompt_estimate: PromptEstimate,
     usage: Option<Usage>,
     output_bytes: usize,
     /// Choices that ended (their guards' `on-end` ran).
@@ -80,7 +80,7 @@ impl ClientStream {
         chain: Option<GuardChain>,
         include_usage: bool,
         reservation: Option<Reservation>,
-        prompt_estimate: u64,
+        prompt_estimate: PromptEstimate,
         log: RequestLog,
     ) -> Self {
         ClientStream {
@@ -323,7 +323,10 @@ impl ClientStream {
         }
         self.finished = true;
         let usage = self.usage.take().unwrap_or_else(|| {
-            Usage::new(self.prompt_estimate, (self.output_bytes as u64).div_ceil(4))
+            Usage::new(
+                self.prompt_estimate.tokens(&self.model),
+                (self.output_bytes as u64).div_ceil(4),
+            )
         });
         if let (End::Done, Some(chain)) = (&end, self.chain.take()) {
             tokio::spawn(chain.finish());

@@ -1,7 +1,8 @@
 //! Load generator for `bench/run.sh`.
 //!
-//! `weir-load NAME=BASE_URL[@PID,PID…] …` runs, against every target in the
-//! same process and run:
+//! `weir-load NAME=BASE_URL[@PID,PID…][#KEY] …` runs, against every target
+//! in the same process and run (with `KEY` as the bearer token, default
+//! `sk-bench-key-0001`):
 //!
 //! - sequential non-streamed and streamed requests on one keep-alive
 //!   connection (latency: p50 / p99; streams: time to the first `data:`
@@ -28,6 +29,7 @@ struct Target {
     name: String,
     base: String,
     pids: Vec<u32>,
+    key: String,
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -49,18 +51,18 @@ fn body(stream: bool) -> Bytes {
     )
 }
 
-fn request(base: &str, body: &Bytes) -> Request<Full<Bytes>> {
+fn request(base: &str, key: &str, body: &Bytes) -> Request<Full<Bytes>> {
     Request::post(format!("{base}/chat/completions"))
         .header("content-type", "application/json")
-        .header("authorization", "Bearer sk-bench-key-0001")
+        .header("authorization", format!("Bearer {key}"))
         .body(Full::new(body.clone()))
         .unwrap()
 }
 
 /// One request; returns (time to first data byte, total).
-async fn one(client: &HttpClient, base: &str, body: &Bytes) -> (Duration, Duration) {
+async fn one(client: &HttpClient, base: &str, key: &str, body: &Bytes) -> (Duration, Duration) {
     let start = Instant::now();
-    let response = client.request(request(base, body)).await.unwrap();
+    let response = client.request(request(base, key, body)).await.unwrap();
     assert!(
         response.status().is_success(),
         "{base}: {}",
@@ -94,16 +96,17 @@ struct Sequential {
     total_p99: Duration,
 }
 
-async fn sequential(base: &str, stream: bool, n: usize) -> Sequential {
+async fn sequential(target: &Target, stream: bool, n: usize) -> Sequential {
+    let (base, key) = (&target.base, &target.key);
     let client = client();
     let body = body(stream);
     for _ in 0..n / 10 {
-        one(&client, base, &body).await;
+        one(&client, base, key, &body).await;
     }
     let mut ttfb = Vec::with_capacity(n);
     let mut total = Vec::with_capacity(n);
     for _ in 0..n {
-        let (f, t) = one(&client, base, &body).await;
+        let (f, t) = one(&client, base, key, &body).await;
         ttfb.push(f);
         total.push(t);
     }
@@ -133,10 +136,11 @@ async fn concurrent(target: &Target, stream: bool, n: usize, concurrency: usize)
             let client = client.clone();
             let body = body.clone();
             let base = target.base.clone();
+            let key = target.key.clone();
             let next = next.clone();
             tokio::spawn(async move {
                 while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
-                    one(&client, &base, &body).await;
+                    one(&client, &base, &key, &body).await;
                 }
             })
         })
@@ -149,7 +153,7 @@ async fn concurrent(target: &Target, stream: bool, n: usize, concurrency: usize)
     Concurrent {
         rps: n as f64 / elapsed.as_secs_f64(),
         cpu_us_per_req: (!target.pids.is_empty())
-            .then(|| (cpu_after - cpu_before).as_secs_f64() * 1e6 / n as f64),
+            .then(|| (cpu_after - cpu_before).as_secs_f64() * 1e6 / n.max(1) as f64),
     }
 }
 
@@ -162,26 +166,35 @@ async fn main() {
     let targets: Vec<Target> = std::env::args()
         .skip(1)
         .map(|arg| {
-            let (name, rest) = arg.split_once('=').expect("NAME=URL[@PIDS]");
+            let (name, rest) = arg.split_once('=').expect("NAME=URL[@PIDS][#KEY]");
+            let (rest, key) = rest.split_once('#').unwrap_or((rest, "sk-bench-key-0001"));
             let (base, pids) = rest.split_once('@').unwrap_or((rest, ""));
             Target {
                 name: name.into(),
                 base: base.into(),
                 pids: pids.split(',').filter_map(|p| p.parse().ok()).collect(),
+                key: key.into(),
             }
         })
         .collect();
     let seq_n = env_usize("BENCH_SEQUENTIAL", 3000);
     let conc_n = env_usize("BENCH_CONCURRENT", 20000);
     let concurrency = env_usize("BENCH_CONCURRENCY", 16);
+    // For profiling one kind of request: `plain` or `stream` (default both).
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let (plain_n, stream_n) = match only.as_str() {
+        "plain" => (conc_n, 0),
+        "stream" => (0, conc_n / 4),
+        _ => (conc_n, conc_n / 4),
+    };
 
     let mut rows = Vec::new();
     for t in &targets {
         eprintln!("benchmarking {} ({})", t.name, t.base);
-        let plain = sequential(&t.base, false, seq_n).await;
-        let streamed = sequential(&t.base, true, seq_n).await;
-        let plain_load = concurrent(t, false, conc_n, concurrency).await;
-        let stream_load = concurrent(t, true, conc_n / 4, concurrency).await;
+        let plain = sequential(t, false, seq_n).await;
+        let streamed = sequential(t, true, seq_n).await;
+        let plain_load = concurrent(t, false, plain_n, concurrency).await;
+        let stream_load = concurrent(t, true, stream_n, concurrency).await;
         let rss: u64 = t.pids.iter().map(|p| rss_kib(*p)).sum();
         rows.push((
             t.name.clone(),
