@@ -2,7 +2,9 @@
 //!
 //! One [`Engine`] for the process: Cranelift, epoch interruption (a 1 ms
 //! ticker thread; a hook's `timeout_ms` becomes a deadline in ticks, which
-//! costs far less guest time than fuel), and the pooling allocator so a
+//! costs far less guest time than fuel; the thread ticks only while some
+//! policy store exists and sleeps otherwise, so a gateway with no policy
+//! work is not woken a thousand times a second), and the pooling allocator so a
 //! per-request instance reuses pre-mapped memory slots instead of paying for
 //! mmap/munmap. If the pool cannot reserve its address space (a tight
 //! `ulimit -v`, say) the engine falls back to on-demand allocation and says
@@ -16,7 +18,9 @@
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::Thread;
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -79,6 +83,34 @@ pub struct PolicyEngine {
     cache_dir: Option<PathBuf>,
     compat: String,
     pooled: bool,
+    ticker: Arc<Ticker>,
+}
+
+/// The epoch ticker's switch: it ticks while `stores > 0`.
+#[derive(Default)]
+struct Ticker {
+    stores: AtomicUsize,
+    thread: OnceLock<Thread>,
+}
+
+/// Held by every policy store: keeps the epoch ticker ticking.
+pub struct Ticking(Arc<Ticker>);
+
+impl Ticker {
+    fn start(self: &Arc<Ticker>) -> Ticking {
+        if self.stores.fetch_add(1, Ordering::SeqCst) == 0
+            && let Some(thread) = self.thread.get()
+        {
+            thread.unpark();
+        }
+        Ticking(self.clone())
+    }
+}
+
+impl Drop for Ticking {
+    fn drop(&mut self) {
+        self.0.stores.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl std::fmt::Debug for PolicyEngine {
@@ -146,7 +178,8 @@ impl PolicyEngine {
             _,
             wasmtime::component::HasSelf<PolicyState>,
         >(&mut linker, |s| s)?;
-        spawn_epoch_ticker(&engine);
+        let ticker = Arc::new(Ticker::default());
+        spawn_epoch_ticker(&engine, &ticker);
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let compat = format!("{:016x}", hasher.finish());
@@ -162,6 +195,7 @@ impl PolicyEngine {
             cache_dir: options.cache_dir.clone(),
             compat,
             pooled: is_pooled,
+            ticker,
         })
     }
 
@@ -218,7 +252,9 @@ impl PolicyEngine {
     /// A store for one instance of `meta`, with its limits and a deadline
     /// that starts disarmed.
     pub fn store(&self, meta: Arc<PolicyMeta>, request_id: Arc<str>) -> Store<PolicyState> {
-        let mut store = Store::new(&self.engine, PolicyState::new(meta, request_id));
+        let mut state = PolicyState::new(meta, request_id);
+        state.ticking = Some(self.ticker.start());
+        let mut store = Store::new(&self.engine, state);
         store.limiter(|s| s.limiter());
         store.epoch_deadline_trap();
         store.set_epoch_deadline(u64::MAX / 2);
@@ -255,18 +291,34 @@ fn write_cache(dir: &Path, path: &Path, component: &Component) -> anyhow::Result
     Ok(())
 }
 
-fn spawn_epoch_ticker(engine: &Engine) {
+fn spawn_epoch_ticker(engine: &Engine, ticker: &Arc<Ticker>) {
     let weak = engine.weak();
+    let switch = Arc::downgrade(ticker);
     let spawned = std::thread::Builder::new()
         .name("weir-epoch".into())
         .spawn(move || {
             while let Some(engine) = weak.upgrade() {
+                let idle = switch
+                    .upgrade()
+                    .is_none_or(|t| t.stores.load(Ordering::SeqCst) == 0);
+                if idle {
+                    // Woken by the next store (`Ticker::start`), or every
+                    // second to notice the engine is gone.
+                    drop(engine);
+                    std::thread::park_timeout(Duration::from_secs(1));
+                    continue;
+                }
                 engine.increment_epoch();
                 drop(engine);
                 std::thread::sleep(TICK);
             }
         });
-    if let Err(e) = spawned {
-        warn!(error = %e, "cannot start the epoch ticker: policy deadlines will not fire");
+    match spawned {
+        Ok(handle) => {
+            let _ = ticker.thread.set(handle.thread().clone());
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot start the epoch ticker: policy deadlines will not fire");
+        }
     }
 }

@@ -44,6 +44,8 @@ pub struct PolicyState {
     pub(super) limits: StoreLimits,
     logs: u32,
     kv_ops: u32,
+    /// Keeps the epoch ticker running while this store exists.
+    pub(super) ticking: Option<super::engine::Ticking>,
 }
 
 impl PolicyState {
@@ -80,6 +82,7 @@ impl PolicyState {
             limits,
             logs: 0,
             kv_ops: 0,
+            ticking: None,
         }
     }
 
