@@ -310,10 +310,29 @@ struct Table {
 }
 
 thread_local! {
-    /// Each thread's search cache per vocabulary's pattern: `Regex::search`
-    /// takes one from a pool for every piece, behind a lock on every thread
-    /// but the first to use it.
-    static SEARCH_CACHES: RefCell<[Option<Cache>; 2]> = const { RefCell::new([None, None]) };
+    /// Each thread's scratch per vocabulary: its pattern's search cache
+    /// (`Regex::search` takes one from a pool for every piece, behind a lock
+    /// on every thread but the first to use it) and its recent pieces.
+    static SCRATCH: RefCell<[Option<Scratch>; 2]> = const { RefCell::new([None, None]) };
+}
+
+struct Scratch {
+    search: Cache,
+    pieces: Box<[RecentPiece; RECENT_PIECES]>,
+}
+
+/// Short pieces remembered per thread, by hash (direct-mapped). Prompts
+/// repeat their words, and a piece's lookup in the 4 MB table misses the
+/// CPU cache on the request path (the table is cold between requests):
+/// this 20 KB stays warm. Exact: the bytes are compared.
+const RECENT_PIECES: usize = 1024;
+const RECENT_BYTES: usize = 15;
+
+#[derive(Clone, Copy, Default)]
+struct RecentPiece {
+    len: u8,
+    bytes: [u8; RECENT_BYTES],
+    tokens: u32,
 }
 
 /// A token: its bytes at `data[start..]` (the `u16` length just before),
@@ -410,18 +429,21 @@ impl Table {
     /// Exact token count of `text` (the length of tiktoken's
     /// `encode_ordinary`).
     fn count(&self, text: &str) -> u64 {
-        if self.encoding == Encoding::O200k && text.is_ascii() {
-            return self.count_ascii(text.as_bytes());
-        }
-        SEARCH_CACHES.with_borrow_mut(|caches| {
-            let cache =
-                caches[self.encoding as usize].get_or_insert_with(|| self.split.create_cache());
-            self.count_with(cache, text)
+        SCRATCH.with_borrow_mut(|scratch| {
+            let scratch = scratch[self.encoding as usize].get_or_insert_with(|| Scratch {
+                search: self.split.create_cache(),
+                pieces: Box::new([RecentPiece::default(); RECENT_PIECES]),
+            });
+            if self.encoding == Encoding::O200k && text.is_ascii() {
+                self.count_ascii(scratch, text.as_bytes())
+            } else {
+                self.count_with(scratch, text)
+            }
         })
     }
 
     /// [`Self::count`] for o200k on ASCII text, split by [`o200k_ascii_piece`].
-    fn count_ascii(&self, text: &[u8]) -> u64 {
+    fn count_ascii(&self, scratch: &mut Scratch, text: &[u8]) -> u64 {
         let mut tokens = 0;
         let mut pos = 0;
         while pos < text.len() {
@@ -429,13 +451,13 @@ impl Table {
             if end < text.len() && gives_back_ascii(&text[pos..end]) {
                 end -= 1;
             }
-            tokens += self.piece(&text[pos..end]);
+            tokens += self.piece(scratch, &text[pos..end]);
             pos = end;
         }
         tokens
     }
 
-    fn count_with(&self, cache: &mut Cache, text: &str) -> u64 {
+    fn count_with(&self, scratch: &mut Scratch, text: &str) -> u64 {
         let mut tokens = 0;
         let mut pos = 0;
         // The patterns cover every character, so each piece starts where the
@@ -444,12 +466,12 @@ impl Table {
         while let Some(m) = self
             .split
             .search_with(
-                cache,
+                &mut scratch.search,
                 &Input::new(text).range(pos..).anchored(Anchored::Yes),
             )
             .or_else(|| {
                 self.split
-                    .search_with(cache, &Input::new(text).range(pos..))
+                    .search_with(&mut scratch.search, &Input::new(text).range(pos..))
             })
         {
             let mut end = m.end();
@@ -460,7 +482,7 @@ impl Table {
                 // Unreachable with these patterns; never loop forever.
                 end = pos + text[pos..].chars().next().map_or(1, char::len_utf8);
             }
-            tokens += self.piece(&text.as_bytes()[m.start()..end]);
+            tokens += self.piece(scratch, &text.as_bytes()[m.start()..end]);
             pos = end;
         }
         tokens
@@ -483,9 +505,27 @@ impl Table {
     }
 
     /// Tokens of one pre-split piece.
-    fn piece(&self, piece: &[u8]) -> u64 {
-        if piece.len() <= 1 || self.rank(piece) != u32::MAX {
-            return piece.len().min(1) as u64;
+    fn piece(&self, scratch: &mut Scratch, piece: &[u8]) -> u64 {
+        if piece.len() <= 1 {
+            return piece.len() as u64;
+        }
+        if piece.len() > RECENT_BYTES {
+            return self.piece_uncached(piece);
+        }
+        let slot = &mut scratch.pieces[(hash(piece) >> 32) as usize % RECENT_PIECES];
+        if usize::from(slot.len) == piece.len() && slot.bytes[..piece.len()] == *piece {
+            return u64::from(slot.tokens);
+        }
+        let tokens = self.piece_uncached(piece);
+        slot.len = piece.len() as u8;
+        slot.bytes[..piece.len()].copy_from_slice(piece);
+        slot.tokens = tokens as u32;
+        tokens
+    }
+
+    fn piece_uncached(&self, piece: &[u8]) -> u64 {
+        if self.rank(piece) != u32::MAX {
+            return 1;
         }
         if piece.len() < 64 {
             self.merge_small(piece)
