@@ -320,3 +320,45 @@ async fn a_pricing_policy_prices_each_key_and_its_estimate_guards_budgets() {
         assert!(metrics.contains(needle), "missing {needle} in\n{metrics}");
     }
 }
+
+/// A stream that ends before the upstream reported usage is charged the
+/// prompt tokens weir estimates. A key with limits has them counted before
+/// the request is sent; a key without is counted only then: both come to
+/// the same number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cut_before_its_usage_is_charged_the_estimated_prompt_with_or_without_limits() {
+    let up = MockUpstream::start().await;
+    up.set_default(Reply::DropAfter(
+        Chat::text(&["The ", "river ", "rose."]),
+        2,
+    ));
+    let extra = key("open", "") + &key("limited", "tokens_per_minute = 1000000");
+    let gw = gateway(&with_state(&up, "[state]\nbackend = \"memory\"", &extra)).start();
+    let prompt = "The river had been rising for three days before anyone in the village thought to move the boats.";
+    let mut charged = Vec::new();
+    for name in ["open", "limited"] {
+        let sse = client::stream(
+            &gw.url("/v1/chat/completions"),
+            &stream_body(prompt),
+            Some(&format!("sk-{name}-secret")),
+        )
+        .await;
+        assert!(
+            sse.error().is_some(),
+            "the cut reaches the client as an error event"
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let usage = loop {
+            let u = usage(&gw, name).await;
+            if u["requests"] == 1 || std::time::Instant::now() > deadline {
+                break u;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(usage["requests"], 1, "{usage}");
+        charged.push(usage["models"]["chat"]["input_tokens"].as_u64().unwrap());
+    }
+    assert_eq!(charged[0], charged[1], "open vs limited key");
+    // 19 words and a full stop in o200k, plus the chat format's overhead.
+    assert!((20..=40).contains(&charged[0]), "{charged:?}");
+}
