@@ -439,58 +439,42 @@ impl Table {
                 search: self.split.create_cache(),
                 pieces: Box::new([RecentPiece::default(); RECENT_PIECES]),
             });
-            if self.encoding == Encoding::O200k && text.is_ascii() {
-                self.count_ascii(scratch, text.as_bytes())
-            } else {
-                self.count_with(scratch, text)
+            let ascii = self.encoding == Encoding::O200k && text.is_ascii();
+            let mut tokens = 0;
+            let mut pos = 0;
+            while pos < text.len() {
+                let end = self.piece_end(&mut scratch.search, text, pos, ascii);
+                tokens += self.piece(scratch, &text.as_bytes()[pos..end]);
+                pos = end;
             }
+            tokens
         })
     }
 
-    /// [`Self::count`] for o200k on ASCII text, split by [`o200k_ascii_piece`].
-    fn count_ascii(&self, scratch: &mut Scratch, text: &[u8]) -> u64 {
-        let mut tokens = 0;
-        let mut pos = 0;
-        while pos < text.len() {
-            let mut end = o200k_ascii_piece(text, pos);
-            if end < text.len() && gives_back_ascii(&text[pos..end]) {
-                end -= 1;
-            }
-            tokens += self.piece(scratch, &text[pos..end]);
-            pos = end;
+    /// Where the piece starting at `pos` ends: tiktoken's pre-split, its
+    /// look-ahead applied. The patterns cover every character, so each
+    /// piece starts where the last ended: an anchored search, which needs no
+    /// reverse scan to find the start — or, for o200k on ASCII text
+    /// (`ascii`), [`o200k_ascii_piece`].
+    fn piece_end(&self, search: &mut Cache, text: &str, pos: usize, ascii: bool) -> usize {
+        let mut end = if ascii {
+            o200k_ascii_piece(text.as_bytes(), pos)
+        } else {
+            self.split
+                .search_with(
+                    search,
+                    &Input::new(text).range(pos..).anchored(Anchored::Yes),
+                )
+                .map_or(pos, |m| m.end())
+        };
+        if end < text.len() {
+            end -= gives_back(&text[pos..end]);
         }
-        tokens
-    }
-
-    fn count_with(&self, scratch: &mut Scratch, text: &str) -> u64 {
-        let mut tokens = 0;
-        let mut pos = 0;
-        // The patterns cover every character, so each piece starts where the
-        // last ended: an anchored search, which needs no reverse scan to find
-        // the start (an unanchored one only if that ever fails).
-        while let Some(m) = self
-            .split
-            .search_with(
-                &mut scratch.search,
-                &Input::new(text).range(pos..).anchored(Anchored::Yes),
-            )
-            .or_else(|| {
-                self.split
-                    .search_with(&mut scratch.search, &Input::new(text).range(pos..))
-            })
-        {
-            let mut end = m.end();
-            if end < text.len() {
-                end -= gives_back(&text[m.start()..m.end()]);
-            }
-            if end <= pos {
-                // Unreachable with these patterns; never loop forever.
-                end = pos + text[pos..].chars().next().map_or(1, char::len_utf8);
-            }
-            tokens += self.piece(scratch, &text.as_bytes()[m.start()..end]);
-            pos = end;
+        if end <= pos {
+            // Unreachable with these patterns; never loop forever.
+            end = pos + text[pos..].chars().next().map_or(1, char::len_utf8);
         }
-        tokens
+        end
     }
 
     /// Token count of a long text from evenly spaced windows.
@@ -514,22 +498,24 @@ impl Table {
         if piece.len() <= 1 {
             return piece.len() as u64;
         }
+        let hashed = hash(piece);
         if piece.len() > RECENT_BYTES {
-            return self.piece_uncached(piece);
+            return self.piece_uncached(piece, hashed);
         }
-        let slot = &mut scratch.pieces[(hash(piece) >> 32) as usize % RECENT_PIECES];
+        let slot = &mut scratch.pieces[(hashed >> 32) as usize % RECENT_PIECES];
         if usize::from(slot.len) == piece.len() && slot.bytes[..piece.len()] == *piece {
             return u64::from(slot.tokens);
         }
-        let tokens = self.piece_uncached(piece);
+        let tokens = self.piece_uncached(piece, hashed);
         slot.len = piece.len() as u8;
         slot.bytes[..piece.len()].copy_from_slice(piece);
         slot.tokens = tokens as u32;
         tokens
     }
 
-    fn piece_uncached(&self, piece: &[u8]) -> u64 {
-        if self.rank(piece) != u32::MAX {
+    /// Tokens of a piece whose hash is `hashed`.
+    fn piece_uncached(&self, piece: &[u8], hashed: u64) -> u64 {
+        if self.rank_hashed(piece, hashed) != u32::MAX {
             return 1;
         }
         if piece.len() < 64 {
@@ -540,8 +526,12 @@ impl Table {
     }
 
     fn rank(&self, bytes: &[u8]) -> u32 {
+        self.rank_hashed(bytes, hash(bytes))
+    }
+
+    fn rank_hashed(&self, bytes: &[u8], hashed: u64) -> u32 {
         self.ranks
-            .find(hash(bytes), |t| self.bytes(*t) == Some(bytes))
+            .find(hashed, |t| self.bytes(*t) == Some(bytes))
             .map_or(u32::MAX, |t| t.rank)
     }
 
@@ -651,15 +641,6 @@ fn gives_back(piece: &str) -> usize {
         }
         _ => 0,
     }
-}
-
-/// [`gives_back`] for ASCII: a run of two or more spaces or tabs (no line
-/// breaks) leaves its last one to what follows.
-fn gives_back_ascii(piece: &[u8]) -> bool {
-    piece.len() >= 2
-        && piece
-            .iter()
-            .all(|&b| is_space(b) && b != b'\r' && b != b'\n')
 }
 
 fn is_space(b: u8) -> bool {
@@ -827,24 +808,16 @@ mod tests {
             text in "([a-zA-Z]{1,8}|[A-Z]{1,4}[a-z]{0,4}|[0-9]{1,5}|[ ]{1,5}|[\t\n\r\x0b\x0c]{1,3}|'([sStTmMdD]|re|RE|Ve|ll|LL|x)|[.,;:!?\"()\\[\\]{}<>/_=+*#@$%^&|~`\\\\-]{1,3}|[\x00-\x1f\x7f])*"
         ) {
             let table = table(Encoding::O200k).unwrap();
-            let (mut fast, mut pos) = (Vec::new(), 0);
-            while pos < text.len() {
-                let mut end = o200k_ascii_piece(text.as_bytes(), pos);
-                if end < text.len() && gives_back_ascii(&text.as_bytes()[pos..end]) {
-                    end -= 1;
+            let mut search = table.split.create_cache();
+            let mut cuts = |ascii: bool| {
+                let (mut ends, mut pos) = (Vec::new(), 0);
+                while pos < text.len() {
+                    pos = table.piece_end(&mut search, &text, pos, ascii);
+                    ends.push(pos);
                 }
-                fast.push(end);
-                pos = end;
-            }
-            let (mut slow, mut pos) = (Vec::new(), 0);
-            while let Some(m) = table.split.search(&Input::new(&text).range(pos..).anchored(Anchored::Yes)) {
-                let mut end = m.end();
-                if end < text.len() {
-                    end -= gives_back(&text[m.start()..m.end()]);
-                }
-                slow.push(end);
-                pos = end;
-            }
+                ends
+            };
+            let (fast, slow) = (cuts(true), cuts(false));
             prop_assert_eq!(fast, slow);
             let theirs = reference(Encoding::O200k).encode_ordinary(&text).len() as u64;
             prop_assert_eq!(table.count(&text), theirs);
