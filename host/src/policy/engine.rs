@@ -252,8 +252,7 @@ impl PolicyEngine {
     /// A store for one instance of `meta`, with its limits and a deadline
     /// that starts disarmed.
     pub fn store(&self, meta: Arc<PolicyMeta>, request_id: Arc<str>) -> Store<PolicyState> {
-        let mut state = PolicyState::new(meta, request_id);
-        state.ticking = Some(self.ticker.start());
+        let state = PolicyState::new(meta, request_id, self.ticker.start());
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| s.limiter());
         store.epoch_deadline_trap();

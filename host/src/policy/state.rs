@@ -14,6 +14,7 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::guardrail::weir::policy::{host, kv, types};
+use super::engine::Ticking;
 use super::kv::KvStore;
 
 /// Log messages a hook call may write; more are dropped.
@@ -45,12 +46,13 @@ pub struct PolicyState {
     logs: u32,
     kv_ops: u32,
     /// Keeps the epoch ticker running while this store exists.
-    pub(super) ticking: Option<super::engine::Ticking>,
+    _ticking: Ticking,
 }
 
 impl PolicyState {
-    /// Fresh state for one instance of `meta`, serving `request_id`.
-    pub fn new(meta: Arc<PolicyMeta>, request_id: Arc<str>) -> Self {
+    /// Fresh state for one instance of `meta`, serving `request_id`, keeping
+    /// the epoch ticker on.
+    pub fn new(meta: Arc<PolicyMeta>, request_id: Arc<str>, ticking: Ticking) -> Self {
         let out = LogOutput {
             policy: meta.name.clone(),
             request_id: request_id.clone(),
@@ -82,7 +84,7 @@ impl PolicyState {
             limits,
             logs: 0,
             kv_ops: 0,
-            ticking: None,
+            _ticking: ticking,
         }
     }
 
