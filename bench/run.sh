@@ -41,6 +41,13 @@ sed "s#@ROOT@#$root#g" bench/weir-policies.toml > "$work/weir-policies.toml"
 RUST_LOG=warn $pin_proxy ./target/release/weir serve --config "$work/weir-policies.toml" 2>"$work/weir-policies.log" &
 guarded_pid=$!
 pids+=($guarded_pid)
+# The same guardrails with `reuse_instances` (docs/policies.md): a warm
+# instance per request instead of a fresh one.
+sed -e 's#18004#18006#; s#18005#18007#' -e 's#^global = true$#global = true\nreuse_instances = 100000#' \
+    "$work/weir-policies.toml" > "$work/weir-policies-reused.toml"
+RUST_LOG=warn $pin_proxy ./target/release/weir serve --config "$work/weir-policies-reused.toml" 2>"$work/weir-policies-reused.log" &
+reused_pid=$!
+pids+=($reused_pid)
 
 mkdir -p "$work/nginx/logs"
 cat > "$work/nginx/nginx.conf" <<NGINX
@@ -68,7 +75,7 @@ $pin_proxy nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' &
 nginx_pid=$!
 pids+=($nginx_pid)
 
-for port in 18000 18001 18002 18004; do
+for port in 18000 18001 18002 18004 18006; do
     for _ in $(seq 100); do
         (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break
         sleep 0.1
@@ -81,4 +88,5 @@ $pin_load ./target/release/weir-load \
     "nginx=http://127.0.0.1:18002/v1@$nginx_pid,$nginx_workers" \
     "weir=http://127.0.0.1:18001/v1@$weir_pid" \
     "weir, key without limits=http://127.0.0.1:18001/v1@$weir_pid#sk-bench-key-open" \
-    "weir+3 guardrails=http://127.0.0.1:18004/v1@$guarded_pid"
+    "weir+3 guardrails=http://127.0.0.1:18004/v1@$guarded_pid" \
+    "weir+3 guardrails, reused instances=http://127.0.0.1:18006/v1@$reused_pid"

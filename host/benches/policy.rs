@@ -5,11 +5,19 @@
 //!   and instance, then `on-request` over a 1 KB prompt;
 //! - `on_request_reused/<policy>`: the same with `reuse_instances` (a warm
 //!   instance from the idle list, returned after the request);
-//! - `on_chunk/<policy>`: one 20-byte streamed delta on a live instance.
+//! - `on_chunk/<policy>`: one 20-byte streamed delta on a live instance;
+//! - `chain/3-guardrails` (and `_reused`): what the gateway's guarded
+//!   request pays in the policy runtime, for the chain of `bench/run.sh`
+//!   (pii-redact, prompt-injection, blocklist): start, `on-request` over
+//!   the 1 KB prompt, the response guards, the 160-byte answer as one chunk,
+//!   `on-end`, finish; `chain_stream/3-guardrails` the same with the answer
+//!   as 20 streamed deltas of 8 bytes.
 //!
 //! Before those, each policy's size and load time are printed: compiled
 //! with Cranelift (an empty cache) and loaded from the precompiled cache,
 //! both including the type check and the smoke call.
+//!
+//! `POLICY_BENCH_ONLY=pii-redact,blocklist` runs only those policies.
 //!
 //! Needs the built components: `./dev.sh policies` (Rust) and
 //! `policies/build-other.sh` (Python, JavaScript, C, Go), then
@@ -154,7 +162,14 @@ fn bench(c: &mut Criterion) {
     let runtime = PolicyRuntime::new(&EngineOptions::default(), Arc::new(MemoryKv::default()))
         .expect("engine");
     let request = prompt_1kb();
-    for (name, config) in POLICIES {
+    // `POLICY_BENCH_ONLY=allow-all,blocklist` limits the run (and the load
+    // report) to those policies, for profiling one of them.
+    let only = std::env::var("POLICY_BENCH_ONLY").ok();
+    let selected = |name: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|n| n == name))
+    };
+    for (name, config) in POLICIES.into_iter().filter(|(name, _)| selected(name)) {
         report_load(&rt, name, config);
         let Some(policy) = load(&rt, &runtime, name, config, 0) else {
             continue;
@@ -216,9 +231,72 @@ fn bench(c: &mut Criterion) {
     }
 }
 
+/// The guarded request of `bench/run.sh`, through the policy runtime only.
+fn bench_chain(c: &mut Criterion) {
+    const CHAIN: [&str; 3] = ["pii-redact", "prompt-injection", "blocklist"];
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let runtime = PolicyRuntime::new(&EngineOptions::default(), Arc::new(MemoryKv::default()))
+        .expect("engine");
+    let request = prompt_1kb();
+    let deltas: Vec<String> = (0..20).map(|i| format!("word{i:03} ")).collect();
+    let answer: String = deltas.concat();
+    for (suffix, reuse) in [("", 0), ("_reused", u32::MAX)] {
+        let chain: Option<Vec<Arc<Policy>>> = CHAIN
+            .iter()
+            .map(|name| {
+                let config = POLICIES.iter().find(|(n, _)| n == name)?.1;
+                load(&rt, &runtime, name, config, reuse)
+            })
+            .collect();
+        let Some(chain) = chain else {
+            return;
+        };
+        let run = |streamed: bool| {
+            let (chain, request, deltas, answer) = (&chain, &request, &deltas, &answer);
+            let runtime = &runtime;
+            move || async move {
+                let mut chat = request.clone();
+                let mut guards = GuardChain::start(runtime, chain, &ctx(streamed))
+                    .await
+                    .expect("start");
+                guards.on_request(&mut chat).await.expect("allowed");
+                guards.begin_response().await.expect("guards");
+                let mut out = String::new();
+                if streamed {
+                    for delta in deltas {
+                        out += &guards.on_chunk(0, delta.clone()).await.expect("pass");
+                    }
+                } else {
+                    out += &guards.on_chunk(0, answer.clone()).await.expect("pass");
+                }
+                out += &guards.on_end(0).await.expect("pass");
+                guards.finish().await;
+                std::hint::black_box(out);
+            }
+        };
+        for (name, streamed) in [("chain", false), ("chain_stream", true)] {
+            let once = run(streamed);
+            c.bench_function(&format!("{name}/3-guardrails{suffix}"), |b| {
+                b.iter_custom(|iters| {
+                    rt.block_on(async {
+                        let start = Instant::now();
+                        for _ in 0..iters {
+                            once().await;
+                        }
+                        start.elapsed()
+                    })
+                })
+            });
+        }
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30).measurement_time(Duration::from_secs(3));
-    targets = bench
+    targets = bench, bench_chain
 }
 criterion_main!(benches);

@@ -45,8 +45,10 @@ struct Term {
 #[derive(Debug, Clone, Default)]
 pub struct Keywords {
     terms: Vec<Term>,
-    /// First characters of the terms: ASCII as a bitmap, the rest listed.
-    first_ascii: u128,
+    /// First characters of the terms: ASCII as a table (wasm has no 128-bit
+    /// shifts: a `u128` bitmap made building the matcher a few µs per
+    /// instance), the rest listed.
+    first_ascii: FirstAscii,
     first_other: Vec<char>,
     /// Where terms may start in a text.
     starts: Starts,
@@ -123,6 +125,22 @@ const HIGH: u64 = ONES * 0x80;
 /// Finds the bytes where a term may start: a byte whose folded character
 /// is an ASCII first character of a term, or any non-ASCII byte (checked
 /// in full where it is).
+/// Which ASCII characters (folded) some term starts with.
+#[derive(Debug, Clone)]
+struct FirstAscii([bool; 128]);
+
+impl Default for FirstAscii {
+    fn default() -> Self {
+        Self([false; 128])
+    }
+}
+
+impl FirstAscii {
+    fn contains(&self, byte: u8) -> bool {
+        self.0.get(usize::from(byte)).copied().unwrap_or(false)
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 struct Starts {
     /// Per ASCII first character, `(or, want)`: a byte `b` matches where
@@ -134,8 +152,8 @@ struct Starts {
 }
 
 impl Starts {
-    fn new(first_ascii: u128) -> Self {
-        let firsts = (0..128u8).filter(|c| first_ascii & (1 << c) != 0);
+    fn new(first_ascii: &FirstAscii) -> Self {
+        let firsts = (0..128u8).filter(|&c| first_ascii.contains(c));
         let wide = firsts
             .clone()
             .map(|c| {
@@ -144,7 +162,7 @@ impl Starts {
             })
             .collect();
         let table = (0..=255u8)
-            .map(|b| b >= 0x80 || first_ascii & (1 << b.to_ascii_lowercase()) != 0)
+            .map(|b| b >= 0x80 || first_ascii.contains(b.to_ascii_lowercase()))
             .collect();
         Self { wide, table }
     }
@@ -217,7 +235,7 @@ impl Keywords {
             let last = term.chars().next_back().unwrap_or(first);
             let first = fold(first);
             if first.is_ascii() {
-                keywords.first_ascii |= 1 << (first as u32);
+                keywords.first_ascii.0[first as usize] = true;
             } else if !keywords.first_other.contains(&first) {
                 keywords.first_other.push(first);
             }
@@ -229,7 +247,7 @@ impl Keywords {
                 word_end: is_word(last),
             });
         }
-        keywords.starts = Starts::new(keywords.first_ascii);
+        keywords.starts = Starts::new(&keywords.first_ascii);
         Ok(keywords)
     }
 
@@ -240,7 +258,7 @@ impl Keywords {
 
     fn may_start(&self, c: char) -> bool {
         if c.is_ascii() {
-            self.first_ascii & (1 << (c as u32)) != 0
+            self.first_ascii.contains(c as u8)
         } else {
             self.first_other.contains(&c)
         }
