@@ -166,7 +166,9 @@ async fn guard_request(
         .await
         .map_err(stop_error)?;
     chain.on_request(chat).await.map_err(stop_error)?;
-    Ok(Some(chain))
+    // Only request-only guardrails (or none left running): the response
+    // goes out unguarded, with no per-chunk work.
+    Ok((!chain.is_empty()).then_some(chain))
 }
 
 /// A guardrail's stop as the client's error.

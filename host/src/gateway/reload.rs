@@ -33,7 +33,7 @@ use tracing::{error, info, warn};
 
 use super::policies::{LoadFailure, PolicyEntry, load_all, load_one};
 use super::{ConfigState, Gateway, Snapshot};
-use crate::config::{Config, ConfigErrors};
+use crate::config::{Config, ConfigErrors, PolicyKind};
 use crate::policy::LoadError;
 
 /// Quiet time after the last file event before reloading.
@@ -129,6 +129,8 @@ impl Gateway {
                     "loaded_at": rfc3339(e.policy.loaded_at),
                     "source": e.path.display().to_string(),
                     "last_error": errors.get(&e.config.name),
+                    "hooks": (e.config.kind == PolicyKind::Guardrail)
+                        .then(|| e.policy.hooks.names()),
                 })
             })
             .collect();

@@ -43,3 +43,19 @@ pub mod pricing {
         },
     });
 }
+
+/// `weir:policy/guardrail-hooks`: the optional export of the
+/// `guardrail-policy-with-hooks` world, read once per load.
+pub mod hooks {
+    /// The interface's name, as the component exports it.
+    pub const INTERFACE: &str = "weir:policy/guardrail-hooks@0.1.0";
+
+    wasmtime::component::flags! {
+        Hooks {
+            #[component(name = "requests")]
+            const REQUESTS;
+            #[component(name = "responses")]
+            const RESPONSES;
+        }
+    }
+}

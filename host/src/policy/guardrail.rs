@@ -343,6 +343,9 @@ impl GuardChain {
             let Pre::Guardrail(pre) = &policy.pre else {
                 continue;
             };
+            if !policy.hooks.requests && !policy.hooks.responses {
+                continue;
+            }
             let reused = (policy.limits.reuse > 0)
                 .then(|| policy.idle.lock().pop())
                 .flatten();
@@ -408,6 +411,9 @@ impl GuardChain {
         let mut req = to_wit(chat);
         let mut rewritten = false;
         for guard in &mut self.guards {
+            if !guard.policy.hooks.requests {
+                continue;
+            }
             let Some(live) = guard.live.as_mut() else {
                 continue;
             };
@@ -458,12 +464,24 @@ impl GuardChain {
         if rewritten {
             apply_rewrite(chat, &req.messages);
         }
+        // Request-only guardrails are done: their instances go back now,
+        // not when the response ends, and the response skips them.
+        let (responses, done) = std::mem::take(&mut self.guards)
+            .into_iter()
+            .partition(|g| g.policy.hooks.responses);
+        self.guards = responses;
+        for guard in done {
+            retire(guard).await;
+        }
         Ok(())
     }
 
     /// Create each guard's `response-guard` before the first chunk.
     pub async fn begin_response(&mut self) -> Result<(), Stop> {
         for guard in &mut self.guards {
+            if !guard.policy.hooks.responses {
+                continue;
+            }
             let Some(live) = guard.live.as_mut() else {
                 continue;
             };
@@ -658,26 +676,7 @@ impl GuardChain {
     /// dropped first); the rest are freed.
     pub async fn finish(self) {
         for guard in self.guards {
-            let Some(mut live) = guard.live else { continue };
-            let policy = &guard.policy;
-            if policy.limits.reuse == 0 || live.uses + 1 >= policy.limits.reuse {
-                continue;
-            }
-            if let Some(resource) = live.response.take() {
-                live.store.set_epoch_deadline(policy.limits.ticks);
-                if resource.resource_drop_async(&mut live.store).await.is_err() {
-                    continue;
-                }
-            }
-            let mut idle = policy.idle.lock();
-            if idle.len() < MAX_IDLE {
-                idle.push(Idle {
-                    store: live.store,
-                    bindings: live.bindings,
-                    permit: live.permit,
-                    uses: live.uses + 1,
-                });
-            }
+            retire(guard).await;
         }
     }
 
@@ -686,5 +685,32 @@ impl GuardChain {
         self.guards
             .iter()
             .any(|g| g.held.iter().any(|(_, h)| !h.is_empty()))
+    }
+}
+
+/// A guard whose request (and response, if it has one) ended cleanly: its
+/// instance goes back to the policy's idle list if the policy opted into
+/// reuse and the instance has uses left (its response guard dropped
+/// first), else it is freed.
+async fn retire(guard: Guard) {
+    let Some(mut live) = guard.live else { return };
+    let policy = &guard.policy;
+    if policy.limits.reuse == 0 || live.uses + 1 >= policy.limits.reuse {
+        return;
+    }
+    if let Some(resource) = live.response.take() {
+        live.store.set_epoch_deadline(policy.limits.ticks);
+        if resource.resource_drop_async(&mut live.store).await.is_err() {
+            return;
+        }
+    }
+    let mut idle = policy.idle.lock();
+    if idle.len() < MAX_IDLE {
+        idle.push(Idle {
+            store: live.store,
+            bindings: live.bindings,
+            permit: live.permit,
+            uses: live.uses + 1,
+        });
     }
 }

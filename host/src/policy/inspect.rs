@@ -34,7 +34,11 @@ pub fn inspect(engine: &PolicyEngine, component: &Component, bytes: &[u8]) -> In
     let has = |prefix: &str| exports.iter().any(|e| e.starts_with(prefix));
     let mut worlds = Vec::new();
     if has("weir:policy/guardrail@") {
-        worlds.push("weir:policy/guardrail-policy");
+        worlds.push(if has("weir:policy/guardrail-hooks@") {
+            "weir:policy/guardrail-policy-with-hooks"
+        } else {
+            "weir:policy/guardrail-policy"
+        });
     }
     if has("weir:policy/router@") {
         worlds.push("weir:policy/router-policy");

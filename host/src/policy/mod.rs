@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use metrics::{Counter, Histogram, counter, histogram};
 use sha2::{Digest, Sha256};
-use wasmtime::component::ResourceAny;
+use wasmtime::component::{Component, ComponentExportIndex, ResourceAny};
 
 use crate::config::{OnError, PolicyConfig, PolicyKind};
 
@@ -79,6 +79,40 @@ impl LoadError {
             LoadError::UnsafeReuse(_) => "unsafe_reuse",
         }
     }
+}
+
+/// Which guardrail hooks the gateway calls for a policy: all of them,
+/// unless the component exports `weir:policy/guardrail-hooks` and says
+/// otherwise (asked once per load).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hooks {
+    /// `on-request` is called.
+    pub requests: bool,
+    /// A response guard is made and every response's text goes through it.
+    pub responses: bool,
+}
+
+impl Hooks {
+    /// Every hook: what a policy gets that does not say.
+    pub const ALL: Hooks = Hooks {
+        requests: true,
+        responses: true,
+    };
+
+    /// The hooks' names, for listings: `["requests", "responses"]`.
+    pub fn names(self) -> Vec<&'static str> {
+        [(self.requests, "requests"), (self.responses, "responses")]
+            .into_iter()
+            .filter_map(|(on, name)| on.then_some(name))
+            .collect()
+    }
+}
+
+/// The `needs` function of a component's `guardrail-hooks` export, if it
+/// has one.
+fn hooks_export(component: &Component) -> Option<ComponentExportIndex> {
+    let interface = component.get_export_index(None, bindings::hooks::INTERFACE)?;
+    component.get_export_index(Some(&interface), "needs")
 }
 
 /// A policy's limits and failure handling from its config.
@@ -140,6 +174,8 @@ pub struct Policy {
     /// How the component was obtained, and how long loading took.
     pub compiled: CompileSource,
     pub load_time: Duration,
+    /// The guardrail hooks called (`Hooks::ALL` for routers and pricing).
+    pub hooks: Hooks,
     meta: Arc<PolicyMeta>,
     pre: Pre,
     metrics: PolicyMetrics,
@@ -242,6 +278,10 @@ impl PolicyRuntime {
                 Pre::Pricing(PricingPolicyPre::new(instance_pre).map_err(wrong)?)
             }
         };
+        let hooks = match config.kind {
+            PolicyKind::Guardrail => hooks_export(&component),
+            PolicyKind::Router | PolicyKind::Pricing => None,
+        };
         let config_json = serde_json::to_string(&config.config).unwrap_or_else(|_| "{}".into());
         let policy = Policy {
             name: config.name.clone(),
@@ -258,6 +298,7 @@ impl PolicyRuntime {
             },
             compiled,
             load_time: Duration::ZERO,
+            hooks: Hooks::ALL,
             meta: Arc::new(PolicyMeta {
                 name: config.name.as_str().into(),
                 config_json,
@@ -269,14 +310,24 @@ impl PolicyRuntime {
             idle: parking_lot::Mutex::new(Vec::new()),
         };
         let mut policy = policy;
-        self.smoke(&policy).await.map_err(LoadError::Smoke)?;
+        policy.hooks = self
+            .smoke(&policy, hooks.as_ref())
+            .await
+            .map_err(LoadError::Smoke)?;
         policy.load_time = started.elapsed();
         Ok(Arc::new(policy))
     }
 
     /// Call the policy once on a synthetic request with its production
-    /// limits; any trap, timeout or policy error rejects the load.
-    async fn smoke(self: &Arc<Self>, policy: &Policy) -> Result<(), String> {
+    /// limits; any trap, timeout or policy error rejects the load. A
+    /// guardrail is first asked which hooks it needs (if `hooks` is its
+    /// `guardrail-hooks.needs` export), and only those are called; the
+    /// answer is returned.
+    async fn smoke(
+        self: &Arc<Self>,
+        policy: &Policy,
+        hooks: Option<&ComponentExportIndex>,
+    ) -> Result<Hooks, String> {
         let info = wit::RequestInfo {
             request_id: "weir-smoke-test".into(),
             key_name: None,
@@ -305,13 +356,40 @@ impl PolicyRuntime {
         let err = |e: wasmtime::Error| guardrail::describe_failure(&e).1;
         match &policy.pre {
             Pre::Guardrail(pre) => {
-                let b = pre.instantiate_async(&mut store).await.map_err(err)?;
+                let instance = pre
+                    .instance_pre()
+                    .instantiate_async(&mut store)
+                    .await
+                    .map_err(err)?;
+                let b = bindings::guardrail::GuardrailPolicy::new(&mut store, &instance)
+                    .map_err(err)?;
+                let declared = match hooks {
+                    None => Hooks::ALL,
+                    Some(index) => {
+                        let hooks = instance
+                            .get_typed_func::<(), (bindings::hooks::Hooks,)>(&mut store, index)
+                            .map_err(|e| {
+                                format!("guardrail-hooks.needs has the wrong type: {e:#}")
+                            })?;
+                        store.set_epoch_deadline(ticks);
+                        let (flags,) = hooks.call_async(&mut store, ()).await.map_err(err)?;
+                        Hooks {
+                            requests: flags.contains(bindings::hooks::Hooks::REQUESTS),
+                            responses: flags.contains(bindings::hooks::Hooks::RESPONSES),
+                        }
+                    }
+                };
                 let g = b.weir_policy_guardrail();
                 let flow = async {
-                    store.set_epoch_deadline(ticks);
-                    g.call_on_request(&mut store, &info, &req)
-                        .await?
-                        .map_err(wasmtime::Error::msg)?;
+                    if declared.requests {
+                        store.set_epoch_deadline(ticks);
+                        g.call_on_request(&mut store, &info, &req)
+                            .await?
+                            .map_err(wasmtime::Error::msg)?;
+                    }
+                    if !declared.responses {
+                        return Ok(());
+                    }
                     store.set_epoch_deadline(ticks);
                     let guard: ResourceAny = g
                         .response_guard()
@@ -330,7 +408,8 @@ impl PolicyRuntime {
                         .map_err(wasmtime::Error::msg)?;
                     Ok::<_, wasmtime::Error>(())
                 };
-                flow.await.map_err(err)
+                flow.await.map_err(err)?;
+                Ok(declared)
             }
             Pre::Router(pre) => {
                 let b = pre.instantiate_async(&mut store).await.map_err(err)?;
@@ -344,7 +423,7 @@ impl PolicyRuntime {
                 if order.iter().any(|i| *i as usize >= candidates.len()) {
                     return Err(format!("route returned an out-of-range index: {order:?}"));
                 }
-                Ok(())
+                Ok(Hooks::ALL)
             }
             Pre::Pricing(pre) => {
                 let b = pre.instantiate_async(&mut store).await.map_err(err)?;
@@ -366,7 +445,7 @@ impl PolicyRuntime {
                     )
                     .await
                     .map_err(err)??;
-                Ok(())
+                Ok(Hooks::ALL)
             }
         }
     }

@@ -224,6 +224,19 @@ impl Blocklist {
 }
 
 impl Guardrail for Blocklist {
+    /// Only the directions the config checks (none with empty lists).
+    fn hooks() -> Hooks {
+        // A bad config is reported by the hooks themselves (per on_error).
+        with_settings(|settings| {
+            let checks = !settings.filter.is_empty();
+            let mut hooks = Hooks::empty();
+            hooks.set(Hooks::REQUESTS, checks && settings.requests);
+            hooks.set(Hooks::RESPONSES, checks && settings.responses);
+            hooks
+        })
+        .unwrap_or(Hooks::all())
+    }
+
     fn on_request(_info: RequestInfo, req: ChatRequest) -> Result<RequestVerdict> {
         with_settings(|settings| check_request(settings, req))
     }
@@ -264,6 +277,29 @@ mod tests {
         let outcome = stream::<Blocklist>(&["da", "rn"]).unwrap();
         assert_eq!(outcome.released, "darn");
         assert_eq!(outcome.max_held, 0);
+    }
+
+    #[test]
+    fn hooks_follow_the_lists_and_directions() {
+        let cases = [
+            (CONFIG, Hooks::all()),
+            (r#"{"deny": ["x"], "responses": false}"#, Hooks::REQUESTS),
+            (r#"{"mask": ["x"], "requests": false}"#, Hooks::RESPONSES),
+            ("{}", Hooks::empty()),
+            // A bad config fails in the hooks, so they are all kept.
+            (r#"{"deny": [""]}"#, Hooks::all()),
+        ];
+        for (config, hooks) in cases {
+            // The settings are cached per thread, as per instance in the
+            // gateway.
+            let got = std::thread::spawn(move || {
+                testing::set_config(config);
+                Blocklist::hooks()
+            })
+            .join()
+            .unwrap();
+            assert_eq!(got, hooks, "{config}");
+        }
     }
 
     #[test]

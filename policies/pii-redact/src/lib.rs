@@ -236,6 +236,21 @@ impl PiiRedact {
 }
 
 impl Guardrail for PiiRedact {
+    /// Only the directions the config checks (with no entity switched on,
+    /// none): `responses = false` makes it request-only, so streamed text
+    /// skips it.
+    fn hooks() -> Hooks {
+        // A bad config is reported by the hooks themselves (per on_error).
+        let Ok(config) = config() else {
+            return Hooks::all();
+        };
+        let checks = !config.enabled().is_empty();
+        let mut hooks = Hooks::empty();
+        hooks.set(Hooks::REQUESTS, checks && config.requests);
+        hooks.set(Hooks::RESPONSES, checks && config.responses);
+        hooks
+    }
+
     fn on_request(_info: RequestInfo, req: ChatRequest) -> Result<RequestVerdict> {
         Ok(check_request(&config()?, req))
     }
@@ -259,6 +274,32 @@ mod tests {
 
     fn with_config(json: &str) {
         testing::set_config(json);
+    }
+
+    #[test]
+    fn hooks_follow_the_directions_and_entities_switched_on() {
+        let cases = [
+            ("{}", Hooks::all()),
+            (r#"{"responses": false}"#, Hooks::REQUESTS),
+            (r#"{"requests": false}"#, Hooks::RESPONSES),
+            (
+                r#"{"email": false, "phone": false, "credit_card": false, "ssn": false, "iban": false, "ipv4": false, "secret": false}"#,
+                Hooks::empty(),
+            ),
+            // A bad config fails in the hooks, so they are all kept.
+            (r#"{"action": "shred"}"#, Hooks::all()),
+        ];
+        for (config, hooks) in cases {
+            // The config is cached per thread, as per instance in the gateway.
+            let config = config.to_string();
+            let got = std::thread::spawn(move || {
+                with_config(&config);
+                PiiRedact::hooks()
+            })
+            .join()
+            .unwrap();
+            assert_eq!(got, hooks);
+        }
     }
 
     #[test]

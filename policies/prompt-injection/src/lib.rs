@@ -206,6 +206,12 @@ fn number(value: f64) -> String {
 pub struct PromptInjection;
 
 impl Guardrail for PromptInjection {
+    /// Requests only: the gateway frees the instance once the request is
+    /// allowed, and streamed responses skip this policy.
+    fn hooks() -> Hooks {
+        Hooks::REQUESTS
+    }
+
     fn on_request(_info: RequestInfo, req: ChatRequest) -> Result<RequestVerdict> {
         Ok(check_request(&settings()?, &req))
     }
@@ -221,6 +227,11 @@ mod tests {
 
     fn verdict(text: &str) -> RequestVerdict {
         PromptInjection::on_request(request_info(), user_request(text)).unwrap()
+    }
+
+    #[test]
+    fn only_requests_are_hooked() {
+        assert_eq!(PromptInjection::hooks(), Hooks::REQUESTS);
     }
 
     #[test]

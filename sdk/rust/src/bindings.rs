@@ -13,10 +13,11 @@
 
 #![allow(missing_docs, unsafe_code, clippy::all, clippy::pedantic)]
 
-/// The `guardrail-policy` world, and the shared `types`, `host` and `kv`.
+/// The `guardrail-policy-with-hooks` world (`guardrail-policy` and the
+/// `guardrail-hooks` declaration), and the shared `types`, `host` and `kv`.
 pub mod guardrail {
     wit_bindgen::generate!({
-        world: "guardrail-policy",
+        world: "guardrail-policy-with-hooks",
         path: "../../wit",
         generate_all,
         additional_derives: [PartialEq, Eq],

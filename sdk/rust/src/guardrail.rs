@@ -12,8 +12,10 @@ use core::cell::RefCell;
 use core::marker::PhantomData;
 
 use crate::bindings::guardrail::exports::weir::policy::guardrail as wit;
+use crate::bindings::guardrail::exports::weir::policy::guardrail_hooks as hooks_wit;
 use crate::{ChatRequest, Message, Rejection, RequestInfo, Result, Role};
 
+pub use hooks_wit::Hooks;
 pub use wit::{ChunkVerdict, Partial, RequestVerdict};
 
 /// A guardrail policy: implement the hooks you need, then export the type
@@ -29,6 +31,19 @@ pub use wit::{ChunkVerdict, Partial, RequestVerdict};
 /// nothing a policy keeps in statics crosses requests — unless the operator
 /// opts into instance reuse, so don't rely on either.
 pub trait Guardrail: Default + 'static {
+    /// Which hooks the gateway calls: asked once when the policy is loaded
+    /// (so it may read [`config`](crate::config)), not per request. The
+    /// default is both, [`Hooks::all()`].
+    ///
+    /// A guardrail that only judges requests returns [`Hooks::REQUESTS`]:
+    /// the gateway then frees its instance as soon as the request is
+    /// allowed and streams the response past it — one call per request
+    /// instead of one per streamed delta. [`Hooks::RESPONSES`] alone skips
+    /// [`on_request`](Guardrail::on_request).
+    fn hooks() -> Hooks {
+        Hooks::all()
+    }
+
     /// Inspect a request before it is routed: allow it, deny it, or rewrite
     /// its messages. The default allows everything.
     fn on_request(info: RequestInfo, req: ChatRequest) -> Result<RequestVerdict> {
@@ -169,6 +184,12 @@ impl<T: Guardrail> wit::Guest for GuardrailExport<T> {
 
     fn on_request(info: RequestInfo, req: ChatRequest) -> Result<RequestVerdict> {
         T::on_request(info, req)
+    }
+}
+
+impl<T: Guardrail> hooks_wit::Guest for GuardrailExport<T> {
+    fn needs() -> Hooks {
+        T::hooks()
     }
 }
 

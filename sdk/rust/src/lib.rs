@@ -109,6 +109,10 @@
 //! The gateway instantiates a policy for every request, so what a policy
 //! does before its first useful instruction is paid per request:
 //!
+//! - Say which hooks you need: a guardrail that only judges requests
+//!   overrides [`Guardrail::hooks`] to return [`Hooks::REQUESTS`], and the
+//!   gateway frees its instance once the request is allowed and streams the
+//!   response past it (no call per streamed delta).
 //! - Compile nothing you can avoid (a regex set costs tens of microseconds
 //!   to build); scan with hand-written code where you can.
 //! - Parse the config once per instance, not once per hook: keep it in a
@@ -158,7 +162,7 @@ pub use bindings::guardrail::weir::policy::types::{
     ChatRequest, Message, PolicyError, Rejection, RequestInfo, Role, ToolCall, ToolDefinition,
     Usage,
 };
-pub use guardrail::{ChunkVerdict, Guardrail, Partial, RequestVerdict};
+pub use guardrail::{ChunkVerdict, Guardrail, Hooks, Partial, RequestVerdict};
 pub use host::{Level, config, config_json, log, now_ms};
 pub use pricing::{Phase, Pricing};
 pub use router::{Candidate, Router};
@@ -170,9 +174,9 @@ pub type Result<T, E = PolicyError> = core::result::Result<T, E>;
 /// Everything a policy usually needs: `use weir_policy::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        Candidate, ChatRequest, ChunkVerdict, Guardrail, Level, Message, Partial, Phase, Pricing,
-        Rejection, RequestInfo, RequestVerdict, Result, Role, Router, ToolCall, ToolDefinition,
-        Usage, log,
+        Candidate, ChatRequest, ChunkVerdict, Guardrail, Hooks, Level, Message, Partial, Phase,
+        Pricing, Rejection, RequestInfo, RequestVerdict, Result, Role, Router, ToolCall,
+        ToolDefinition, Usage, log,
     };
 }
 
