@@ -471,6 +471,40 @@ async fn instances_are_fresh_per_request_unless_reuse_is_opted_into() {
         ["count=1", "count=2", "count=3", "count=1"],
         "one instance serves at most 3 requests"
     );
+    drop(reused);
+
+    // A reused instance never crosses tenants: each virtual key gets
+    // instances that only served that key.
+    let keyed = start(
+        &(config(
+            &up,
+            &entry("hostile", &hostile, true, "{}", "reuse_instances = 100"),
+        ) + "\n[[keys]]\nname = \"team-a\"\nkey = \"sk-team-a\"\n\n[[keys]]\nname = \"team-b\"\nkey = \"sk-team-b\"\n"),
+    );
+    let url = keyed.url("/v1/chat/completions");
+    let mut seen = Vec::new();
+    for key in [
+        "sk-team-a",
+        "sk-team-b",
+        "sk-team-a",
+        "sk-team-b",
+        "sk-team-a",
+    ] {
+        let r = post_json(&url, &chat_body("HOSTILE:count"), Some(key)).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let content = up.last().body["messages"][0]["content"].clone();
+        seen.push(format!("{key} {}", content.as_str().unwrap()));
+    }
+    assert_eq!(
+        seen,
+        [
+            "sk-team-a count=1",
+            "sk-team-b count=1",
+            "sk-team-a count=2",
+            "sk-team-b count=2",
+            "sk-team-a count=3",
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

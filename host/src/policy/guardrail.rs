@@ -83,8 +83,11 @@ struct Live {
 }
 
 /// An instance kept between requests (`reuse_instances`); it keeps its
-/// slot in the instance budget while idle.
+/// slot in the instance budget while idle. It only serves requests of the
+/// virtual key it served before: a reused instance never crosses tenants.
 pub(super) struct Idle {
+    /// The key name of the requests it served (`None` on an open gateway).
+    tenant: Option<String>,
     store: Store<PolicyState>,
     bindings: GuardrailPolicy,
     permit: OwnedSemaphorePermit,
@@ -347,7 +350,11 @@ impl GuardChain {
                 continue;
             }
             let reused = (policy.limits.reuse > 0)
-                .then(|| policy.idle.lock().pop())
+                .then(|| {
+                    let mut idle = policy.idle.lock();
+                    let at = idle.iter().rposition(|i| i.tenant == ctx.key_name)?;
+                    Some(idle.remove(at))
+                })
                 .flatten();
             if let Some(idle) = reused {
                 let mut store = idle.store;
@@ -471,7 +478,7 @@ impl GuardChain {
             .partition(|g| g.policy.hooks.responses);
         self.guards = responses;
         for guard in done {
-            retire(guard).await;
+            retire(guard, &self.info.key_name).await;
         }
         Ok(())
     }
@@ -676,7 +683,7 @@ impl GuardChain {
     /// dropped first); the rest are freed.
     pub async fn finish(self) {
         for guard in self.guards {
-            retire(guard).await;
+            retire(guard, &self.info.key_name).await;
         }
     }
 
@@ -689,10 +696,11 @@ impl GuardChain {
 }
 
 /// A guard whose request (and response, if it has one) ended cleanly: its
-/// instance goes back to the policy's idle list if the policy opted into
-/// reuse and the instance has uses left (its response guard dropped
-/// first), else it is freed.
-async fn retire(guard: Guard) {
+/// instance goes back to the policy's idle list, for `tenant`'s next
+/// request, if the policy opted into reuse and the instance has uses left
+/// (its response guard dropped first), else it is freed. A full list
+/// makes room by freeing its oldest instance.
+async fn retire(guard: Guard, tenant: &Option<String>) {
     let Some(mut live) = guard.live else { return };
     let policy = &guard.policy;
     if policy.limits.reuse == 0 || live.uses + 1 >= policy.limits.reuse {
@@ -704,13 +712,18 @@ async fn retire(guard: Guard) {
             return;
         }
     }
-    let mut idle = policy.idle.lock();
-    if idle.len() < MAX_IDLE {
+    let evicted = {
+        let mut idle = policy.idle.lock();
+        let evicted = (idle.len() >= MAX_IDLE).then(|| idle.remove(0));
         idle.push(Idle {
+            tenant: tenant.clone(),
             store: live.store,
             bindings: live.bindings,
             permit: live.permit,
             uses: live.uses + 1,
         });
-    }
+        evicted
+    };
+    // Freed outside the lock: dropping a store resets its memory.
+    drop(evicted);
 }
