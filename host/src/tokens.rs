@@ -229,7 +229,7 @@ impl Tokenizer {
                 texts.push(Cow::Borrowed(id));
             }
         }
-        if let Some(tools) = req.body.get("tools").filter(|v| !v.is_null()) {
+        if let Some(tools) = req.body().get("tools").filter(|v| !v.is_null()) {
             texts.push(Cow::Owned(tools.to_string()));
         }
         overhead + self.count_texts(&texts)

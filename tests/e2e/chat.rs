@@ -51,6 +51,56 @@ async fn non_streamed_chat_passes_fields_through_and_renames_the_model() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_gets_the_clients_bytes_with_only_the_model_changed() {
+    let up = MockUpstream::start().await;
+    up.set_default(Reply::Chat(Chat::text(&["ok"])));
+    let gw = start(&config(&up, ""));
+    let url = gw.url("/v1/chat/completions");
+    // Key order, spacing and number formatting as a client wrote them.
+    let sent = |body: &'static str| {
+        let url = url.clone();
+        let up = &up;
+        async move {
+            let r = client::send(
+                http::Method::POST,
+                &url,
+                &[("content-type", "application/json")],
+                body.as_bytes().to_vec(),
+            )
+            .await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            String::from_utf8(up.last().raw.to_vec()).unwrap()
+        }
+    };
+    // And the client gets the upstream's completion as it was sent (the
+    // mock writes its keys sorted), with the model renamed.
+    let r = post_json(&url, &chat_body("hi"), None).await;
+    let text = r.text();
+    assert!(text.starts_with(r#"{"choices":[{"finish_reason":"stop""#), "{text}");
+    assert!(text.contains(r#""model":"chat","object":"chat.completion""#), "{text}");
+    let plain = r#"{"temperature": 0.50, "model": "chat", "messages": [{"role": "user", "content": "a \"model\": here"}]}"#;
+    assert_eq!(
+        sent(plain).await,
+        r#"{"temperature": 0.50, "model": "gpt-4o-mini", "messages": [{"role": "user", "content": "a \"model\": here"}]}"#
+    );
+    // A stream asks for usage (weir accounts from it) in front of the rest.
+    let streamed =
+        r#"{ "model":"chat","stream":true,"messages":[{"role":"user","content":"hi"}] }"#;
+    assert_eq!(
+        sent(streamed).await,
+        r#"{"stream_options":{"include_usage":true}, "model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}] }"#
+    );
+    // A client's own stream options are merged, so that body is re-encoded.
+    let own = r#"{"model": "chat", "stream": true, "stream_options": {"x": 1}, "messages": [{"role": "user", "content": "hi"}]}"#;
+    let body: Value = serde_json::from_str(&sent(own).await).unwrap();
+    assert_eq!(
+        body["stream_options"],
+        json!({"x": 1, "include_usage": true})
+    );
+    assert_eq!(body["model"], "gpt-4o-mini");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_without_include_usage_hides_the_usage_chunk_but_accounts_it() {
     let up = MockUpstream::start().await;
     up.set_default(Reply::Chat(

@@ -244,6 +244,8 @@ pub struct Received {
     pub query: String,
     pub headers: HeaderMap,
     pub body: Value,
+    /// The body's bytes as they arrived.
+    pub raw: bytes::Bytes,
 }
 
 #[derive(Default)]
@@ -387,6 +389,7 @@ async fn answer(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
             query,
             headers,
             body: body.clone(),
+            raw: bytes.clone(),
         });
     }
     let reply = shared

@@ -9,6 +9,7 @@
 //! `system_fingerprint`, `refusal`, `reasoning_content`, …).
 
 pub mod open;
+pub mod splice;
 
 use serde_json::{Map, Value};
 
@@ -163,7 +164,10 @@ pub const ROLES: [&str; 6] = [
 #[derive(Debug, Clone)]
 pub struct ChatRequest {
     /// The client's body, forwarded with `model` replaced by the target's.
-    pub body: Map<String, Value>,
+    body: Map<String, Value>,
+    /// The bytes `body` was parsed from, while `body` is unchanged: what
+    /// OpenAI-style providers forward (see [`splice`]).
+    raw: Option<bytes::Bytes>,
     /// The model name the client asked for.
     pub model: String,
     pub stream: bool,
@@ -176,7 +180,12 @@ pub struct ChatRequest {
 impl ChatRequest {
     /// Parse and validate a request body; errors name the offending field.
     pub fn parse(bytes: &[u8]) -> Result<Self, GatewayError> {
-        let body = parse_object(bytes)?;
+        Self::parse_bytes(bytes::Bytes::copy_from_slice(bytes))
+    }
+
+    /// [`ChatRequest::parse`], keeping `bytes` for forwarding as they are.
+    pub fn parse_bytes(bytes: bytes::Bytes) -> Result<Self, GatewayError> {
+        let body = parse_object(&bytes)?;
         let model = required_model(&body)?;
         let stream = optional_bool(&body, "stream")?.unwrap_or(false);
         let include_usage = match body.get("stream_options") {
@@ -228,11 +237,29 @@ impl ChatRequest {
         };
         Ok(ChatRequest {
             body,
+            raw: Some(bytes),
             model,
             stream,
             include_usage,
             max_tokens,
         })
+    }
+
+    /// The client's JSON object.
+    pub fn body(&self) -> &Map<String, Value> {
+        &self.body
+    }
+
+    /// The client's JSON object, to change (a guardrail's rewrite): the
+    /// request is then forwarded re-serialized, not as the client's bytes.
+    pub fn body_mut(&mut self) -> &mut Map<String, Value> {
+        self.raw = None;
+        &mut self.body
+    }
+
+    /// The client's bytes, while the body is unchanged.
+    pub fn raw(&self) -> Option<&[u8]> {
+        self.raw.as_deref()
     }
 
     /// The messages (validated to be an array of objects).
@@ -444,6 +471,6 @@ mod tests {
         assert!(req.stream && req.include_usage);
         assert_eq!(req.max_tokens, Some(9));
         assert_eq!(req.last_user_text(), "abc");
-        assert_eq!(req.body["custom"], 1);
+        assert_eq!(req.body()["custom"], 1);
     }
 }

@@ -266,9 +266,9 @@ async fn run_case(
         }
         let mut chat =
             ChatRequest::parse(body.to_string().as_bytes()).map_err(|e| e.to_string())?;
-        let before = chat.body.get("messages").cloned();
+        let before = chat.body().get("messages").cloned();
         return Ok(match chain.on_request(&mut chat).await {
-            Ok(()) if chat.body.get("messages") == before.as_ref() => Outcome {
+            Ok(()) if chat.body().get("messages") == before.as_ref() => Outcome {
                 decision: "allow".into(),
                 detail: "unchanged".into(),
                 output: String::new(),

@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -19,7 +20,7 @@ use super::{
     usd,
 };
 use crate::auth::Caller;
-use crate::chat::{ChatCompletion, ChatRequest, Usage};
+use crate::chat::{ChatCompletion, ChatRequest, Usage, splice};
 use crate::error::GatewayError;
 use crate::limits::RateInfo;
 use crate::policy::{GuardChain, Policy, PolicyUsage, PricePhase, RequestContext, Stop};
@@ -37,7 +38,7 @@ pub(super) async fn handle(
     log.key = caller.name().map(str::to_owned);
     let meta = meta_headers(req.headers());
     let body = read_client_body(req, snap.config.config.server.max_body_bytes).await?;
-    let mut chat = ChatRequest::parse(&body)?;
+    let mut chat = ChatRequest::parse_bytes(body)?;
     log.model.clone_from(&chat.model);
     let model = snap.config.model_for(&caller, &chat.model)?.clone();
     let ctx = RequestContext {
@@ -84,13 +85,13 @@ pub(super) async fn handle(
         None => PromptEstimate::Deferred(Box::new(chat)),
     };
     let response = match reply {
-        ChatReply::Complete(completion) => {
+        ChatReply::Complete(completion, raw) => {
             let response = answer_whole(
                 gw,
                 &model,
                 &target,
                 &pricing,
-                completion,
+                (completion, raw),
                 chain,
                 reservation,
                 prompt_estimate,
@@ -139,10 +140,10 @@ fn meta_headers(headers: &http::HeaderMap) -> Vec<(String, String)> {
 /// The OpenAI `user` field, string `metadata` entries, then meta headers.
 fn metadata(chat: &ChatRequest, headers: Vec<(String, String)>) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    if let Some(user) = chat.body.get("user").and_then(|u| u.as_str()) {
+    if let Some(user) = chat.body().get("user").and_then(|u| u.as_str()) {
         out.push(("user".to_string(), user.to_string()));
     }
-    if let Some(meta) = chat.body.get("metadata").and_then(|m| m.as_object()) {
+    if let Some(meta) = chat.body().get("metadata").and_then(|m| m.as_object()) {
         out.extend(
             meta.iter()
                 .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))),
@@ -291,12 +292,15 @@ async fn answer_whole(
     model: &Model,
     target: &Target,
     pricing: &Pricing,
-    mut completion: Box<ChatCompletion>,
+    (mut completion, raw): (Box<ChatCompletion>, Option<Bytes>),
     chain: Option<GuardChain>,
     reservation: Option<Reservation>,
     prompt_estimate: PromptEstimate,
     log: &mut RequestLog,
 ) -> Result<Response<Body>, GatewayError> {
+    // With no guardrail over the response, the upstream's own bytes go
+    // back with the model renamed, instead of re-serializing the parse.
+    let passthrough = raw.filter(|_| chain.is_none());
     let blocked_by = match chain {
         Some(mut chain) => match guard_completion(&mut chain, &mut completion).await {
             Ok(blocked) => {
@@ -326,7 +330,12 @@ async fn answer_whole(
     let cost = pricing.cost(gw, PricePhase::Actual, target, &usage).await;
     let actual = account(&usage, cost, log);
     record(gw, log, reservation, actual).await;
-    let body = serde_json::to_vec(&completion).unwrap_or_default();
+    let body = passthrough
+        .and_then(|raw| {
+            let name = serde_json::to_vec(&model.name).ok()?;
+            splice::with_members(&raw, &[("model", &name)])
+        })
+        .unwrap_or_else(|| serde_json::to_vec(&completion).unwrap_or_default());
     let mut response = json_response(StatusCode::OK, body);
     if let Ok(v) = HeaderValue::from_str(&usd(cost)) {
         response.headers_mut().insert("x-weir-cost-usd", v);

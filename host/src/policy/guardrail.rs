@@ -234,7 +234,7 @@ pub(super) fn to_wit(chat: &ChatRequest) -> wit::ChatRequest {
         })
         .collect();
     let tools = chat
-        .body
+        .body()
         .get("tools")
         .and_then(Value::as_array)
         .map(|tools| {
@@ -262,7 +262,7 @@ pub(super) fn to_wit(chat: &ChatRequest) -> wit::ChatRequest {
 /// Write rewritten messages back into the client's JSON: message i keeps its
 /// other fields and non-text parts, with its text replaced.
 fn apply_rewrite(chat: &mut ChatRequest, messages: &[wit::Message]) {
-    let old = match chat.body.remove("messages") {
+    let old = match chat.body_mut().remove("messages") {
         Some(Value::Array(old)) => old,
         _ => Vec::new(),
     };
@@ -323,7 +323,7 @@ fn apply_rewrite(chat: &mut ChatRequest, messages: &[wit::Message]) {
         }
         new.push(Value::Object(obj));
     }
-    chat.body.insert("messages".into(), Value::Array(new));
+    chat.body_mut().insert("messages".into(), Value::Array(new));
 }
 
 impl GuardChain {

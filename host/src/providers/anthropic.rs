@@ -100,9 +100,10 @@ impl Anthropic {
         if !req.stream {
             let bytes =
                 read_body(&mut incoming, provider.idle_timeout, max_upstream_body()).await?;
-            return Ok(ChatReply::Complete(Box::new(translate_response(
-                &bytes, model,
-            )?)));
+            return Ok(ChatReply::Complete(
+                Box::new(translate_response(&bytes, model)?),
+                None,
+            ));
         }
         let stream = Translated::start(incoming, provider.idle_timeout, Events::new(model)).await?;
         Ok(ChatReply::Stream(ChunkStream::Anthropic(Box::new(stream))))
@@ -116,7 +117,7 @@ fn invalid(param: impl Into<String>, message: impl Into<String>) -> GatewayError
 
 /// Build the Messages API body for `req`, sent to `model`.
 pub fn translate_request(req: &ChatRequest, model: &str) -> Result<Value, GatewayError> {
-    let body = &req.body;
+    let body = req.body();
     let mut out = Map::new();
     out.insert("model".into(), json!(model));
     out.insert(

@@ -125,11 +125,10 @@ impl Gemini {
         if !req.stream {
             let bytes =
                 read_body(&mut incoming, provider.idle_timeout, max_upstream_body()).await?;
-            return Ok(ChatReply::Complete(Box::new(translate_response(
-                &bytes,
-                model,
-                &mut ToolIds::new(),
-            )?)));
+            return Ok(ChatReply::Complete(
+                Box::new(translate_response(&bytes, model, &mut ToolIds::new())?),
+                None,
+            ));
         }
         let stream = Translated::start(incoming, provider.idle_timeout, Events::new(model)).await?;
         Ok(ChatReply::Stream(ChunkStream::Gemini(Box::new(stream))))
@@ -211,7 +210,7 @@ fn invalid(param: impl Into<String>, message: impl Into<String>) -> GatewayError
 
 /// Build the `generateContent` body for `req`.
 pub fn translate_request(req: &ChatRequest) -> Result<Value, GatewayError> {
-    let body = &req.body;
+    let body = req.body();
     let mut out = Map::new();
     let mut system: Vec<Value> = Vec::new();
     let mut contents: Vec<(&'static str, Vec<Value>)> = Vec::new();
@@ -596,7 +595,7 @@ fn function_calling_config(choice: &Value) -> Result<Value, GatewayError> {
 }
 
 fn generation_config(req: &ChatRequest) -> Result<Map<String, Value>, GatewayError> {
-    let body = &req.body;
+    let body = req.body();
     let mut config = Map::new();
     if let Some(max) = req.max_tokens {
         config.insert("maxOutputTokens".into(), json!(max));

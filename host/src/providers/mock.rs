@@ -74,24 +74,27 @@ impl Mock {
         let id = format!("chatcmpl-mock{:016x}", fastrand::u64(..));
         let created = now_secs();
         if !req.stream {
-            return ChatReply::Complete(Box::new(ChatCompletion {
-                id,
-                object: "chat.completion".into(),
-                created,
-                model: model.to_string(),
-                choices: vec![Choice {
-                    index: 0,
-                    message: ResponseMessage {
-                        role: "assistant".into(),
-                        content: Some(text),
-                        ..Default::default()
-                    },
-                    finish_reason: Some(finish.into()),
+            return ChatReply::Complete(
+                Box::new(ChatCompletion {
+                    id,
+                    object: "chat.completion".into(),
+                    created,
+                    model: model.to_string(),
+                    choices: vec![Choice {
+                        index: 0,
+                        message: ResponseMessage {
+                            role: "assistant".into(),
+                            content: Some(text),
+                            ..Default::default()
+                        },
+                        finish_reason: Some(finish.into()),
+                        extra: Extra::default(),
+                    }],
+                    usage: Some(usage),
                     extra: Extra::default(),
-                }],
-                usage: Some(usage),
-                extra: Extra::default(),
-            }));
+                }),
+                None,
+            );
         }
         let chunk = |delta: Delta, finish_reason: Option<String>| ChatChunk {
             id: id.clone(),

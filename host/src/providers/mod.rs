@@ -92,7 +92,10 @@ enum Backend {
 /// What one attempt at one target returned.
 #[derive(Debug)]
 pub enum ChatReply {
-    Complete(Box<ChatCompletion>),
+    /// A whole completion, and the upstream's bytes when they already are
+    /// an OpenAI completion (sent on as they are, `model` spliced in, when
+    /// no guardrail looked at them).
+    Complete(Box<ChatCompletion>, Option<Bytes>),
     Stream(ChunkStream),
 }
 

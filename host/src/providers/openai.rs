@@ -25,7 +25,7 @@ use super::{
     AttemptError, ChatReply, ChunkStream, HttpClient, Provider, StreamFault, body_with,
     error_chain, key_from_env, max_upstream_body, parse_completion, post_json, read_body, send_ok,
 };
-use crate::chat::{ChatChunk, ChatRequest};
+use crate::chat::{ChatChunk, ChatRequest, splice};
 use crate::config::{Config, DEFAULT_AZURE_API_VERSION, ProviderConfig};
 use crate::sse::{SseEvent, SseParser};
 
@@ -97,27 +97,17 @@ impl OpenAi {
         req: &ChatRequest,
         model: &str,
     ) -> Result<ChatReply, AttemptError> {
-        let model_value = Value::String(model.to_string());
-        let body = if req.stream {
-            let mut options = match req.body.get("stream_options") {
-                Some(Value::Object(o)) => o.clone(),
-                _ => Map::new(),
-            };
-            options.insert("include_usage".into(), Value::Bool(true));
-            let options = Value::Object(options);
-            body_with(
-                &req.body,
-                &[("model", &model_value), ("stream_options", &options)],
-            )
-        } else {
-            body_with(&req.body, &[("model", &model_value)])
-        };
+        let body = chat_body(req, model);
         let request = self.request("chat/completions", model, body, req.stream)?;
         let mut incoming = send_ok(client, provider, request).await?;
         if !req.stream {
             let bytes =
                 read_body(&mut incoming, provider.idle_timeout, max_upstream_body()).await?;
-            return Ok(ChatReply::Complete(Box::new(parse_completion(&bytes)?)));
+            let completion = parse_completion(&bytes)?;
+            return Ok(ChatReply::Complete(
+                Box::new(completion),
+                Some(Bytes::from(bytes)),
+            ));
         }
         let mut reader = ChunkReader::new(incoming, provider.idle_timeout);
         match reader.next().await {
@@ -155,6 +145,48 @@ impl OpenAi {
             _ => Err(AttemptError::Malformed("not an embeddings response".into())),
         }
     }
+}
+
+/// The upstream body: the client's, with `model` replaced and, for a
+/// stream, `stream_options.include_usage` set (weir accounts from the final
+/// usage chunk; it is dropped again if the client did not ask for it).
+/// Spliced into the client's bytes when it can be (see
+/// [`crate::chat::splice`]), else the parsed body re-serialized.
+fn chat_body(req: &ChatRequest, model: &str) -> Vec<u8> {
+    let model_value = Value::String(model.to_string());
+    let stream_options = req.body().get("stream_options");
+    if let Some(raw) = req.raw() {
+        let model_json = serde_json::to_vec(&model_value).unwrap_or_default();
+        let spliced = match (req.stream, stream_options) {
+            (false, _) => splice::with_members(raw, &[("model", &model_json)]),
+            (true, _) if req.include_usage => splice::with_members(raw, &[("model", &model_json)]),
+            (true, None | Some(Value::Null)) => splice::with_members(
+                raw,
+                &[
+                    ("model", &model_json),
+                    ("stream_options", br#"{"include_usage":true}"#),
+                ],
+            ),
+            // Options of the client's own to keep: merged below.
+            (true, Some(_)) => None,
+        };
+        if let Some(body) = spliced {
+            return body;
+        }
+    }
+    if !req.stream {
+        return body_with(req.body(), &[("model", &model_value)]);
+    }
+    let mut options = match stream_options {
+        Some(Value::Object(o)) => o.clone(),
+        _ => Map::new(),
+    };
+    options.insert("include_usage".into(), Value::Bool(true));
+    let options = Value::Object(options);
+    body_with(
+        req.body(),
+        &[("model", &model_value), ("stream_options", &options)],
+    )
 }
 
 fn base(p: &ProviderConfig) -> String {
