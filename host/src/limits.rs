@@ -10,7 +10,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 
 /// Seconds in a window.
 pub const WINDOW_SECS: u64 = 60;
@@ -152,24 +152,32 @@ impl RateInfo {
         }
     }
 
-    /// OpenAI's `x-ratelimit-*` headers.
-    pub fn headers(&self) -> Vec<(&'static str, HeaderValue)> {
-        let mut out = Vec::new();
-        if let Some((limit, remaining, reset)) = self.requests {
-            out.push(("x-ratelimit-limit-requests", HeaderValue::from(limit)));
-            out.push((
-                "x-ratelimit-remaining-requests",
-                HeaderValue::from(remaining),
-            ));
+    /// OpenAI's `x-ratelimit-*` headers. (The names are constants: a name
+    /// given as a string is parsed on every insert.)
+    pub fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
+        const NAMES: [[HeaderName; 3]; 2] = [
+            [
+                HeaderName::from_static("x-ratelimit-limit-requests"),
+                HeaderName::from_static("x-ratelimit-remaining-requests"),
+                HeaderName::from_static("x-ratelimit-reset-requests"),
+            ],
+            [
+                HeaderName::from_static("x-ratelimit-limit-tokens"),
+                HeaderName::from_static("x-ratelimit-remaining-tokens"),
+                HeaderName::from_static("x-ratelimit-reset-tokens"),
+            ],
+        ];
+        let mut out = Vec::with_capacity(6);
+        for (standing, [limit_name, remaining_name, reset_name]) in
+            [self.requests, self.tokens].into_iter().zip(NAMES)
+        {
+            let Some((limit, remaining, reset)) = standing else {
+                continue;
+            };
+            out.push((limit_name, HeaderValue::from(limit)));
+            out.push((remaining_name, HeaderValue::from(remaining)));
             if let Ok(v) = HeaderValue::from_str(&openai_duration(reset)) {
-                out.push(("x-ratelimit-reset-requests", v));
-            }
-        }
-        if let Some((limit, remaining, reset)) = self.tokens {
-            out.push(("x-ratelimit-limit-tokens", HeaderValue::from(limit)));
-            out.push(("x-ratelimit-remaining-tokens", HeaderValue::from(remaining)));
-            if let Ok(v) = HeaderValue::from_str(&openai_duration(reset)) {
-                out.push(("x-ratelimit-reset-tokens", v));
+                out.push((reset_name, v));
             }
         }
         out

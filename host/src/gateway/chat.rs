@@ -16,8 +16,8 @@ use hyper::body::Incoming;
 
 use super::stream::ClientStream;
 use super::{
-    Body, ChatCall, Gateway, Model, RequestLog, Snapshot, Target, json_response, read_client_body,
-    usd,
+    Body, ChatCall, Gateway, Model, RequestLog, Snapshot, Target, header, json_response,
+    read_client_body, usd,
 };
 use crate::auth::Caller;
 use crate::chat::{ChatCompletion, ChatRequest, Usage, splice};
@@ -338,12 +338,12 @@ async fn answer_whole(
         .unwrap_or_else(|| serde_json::to_vec(&completion).unwrap_or_default());
     let mut response = json_response(StatusCode::OK, body);
     if let Ok(v) = HeaderValue::from_str(&usd(cost)) {
-        response.headers_mut().insert("x-weir-cost-usd", v);
+        response.headers_mut().insert(header::COST_USD, v);
     }
     if let Some(policy) = blocked_by
         && let Ok(v) = HeaderValue::from_str(&policy)
     {
-        response.headers_mut().insert("x-weir-policy", v);
+        response.headers_mut().insert(header::POLICY, v);
     }
     Ok(response)
 }
@@ -441,8 +441,8 @@ fn answer_stream(stream: ClientStream) -> Response<Body> {
 
 fn with_headers(mut response: Response<Body>, target: &Target, rate: &RateInfo) -> Response<Body> {
     let headers = response.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&target.label) {
-        headers.insert("x-weir-provider", v);
+    if let Some(v) = &target.label_header {
+        headers.insert(header::PROVIDER, v.clone());
     }
     for (name, value) in rate.headers() {
         headers.insert(name, value);

@@ -97,11 +97,11 @@ pub(super) async fn handle(
     answer["model"] = Value::String(model.name.clone());
     let mut response = json_response(StatusCode::OK, answer.to_string());
     let headers = response.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&target.label) {
-        headers.insert("x-weir-provider", v);
+    if let Some(v) = &target.label_header {
+        headers.insert(super::header::PROVIDER, v.clone());
     }
     if let Ok(v) = HeaderValue::from_str(&super::usd(cost)) {
-        headers.insert("x-weir-cost-usd", v);
+        headers.insert(super::header::COST_USD, v);
     }
     for (name, value) in rate.headers() {
         headers.insert(name, value);

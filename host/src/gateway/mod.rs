@@ -11,6 +11,17 @@ pub mod policies;
 pub mod reload;
 mod stream;
 
+/// The response headers weir adds, as constants: a header name given as a
+/// string is parsed again on every insert.
+pub(crate) mod header {
+    use http::HeaderName;
+
+    pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-weir-request-id");
+    pub const PROVIDER: HeaderName = HeaderName::from_static("x-weir-provider");
+    pub const COST_USD: HeaderName = HeaderName::from_static("x-weir-cost-usd");
+    pub const POLICY: HeaderName = HeaderName::from_static("x-weir-policy");
+}
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -106,6 +117,8 @@ pub struct Target {
     pub model: String,
     /// `provider/model`, as `x-weir-provider` shows it.
     pub label: String,
+    /// `label` as that header's value (made once, not per response).
+    pub label_header: Option<HeaderValue>,
     pub weight: f64,
     /// What tokens cost here (the target's price, else the model's).
     pub price: Price,
@@ -269,6 +282,7 @@ impl ConfigState {
                         provider: providers.get(&t.provider)?.clone(),
                         model: t.model.clone(),
                         health: health.get(&label),
+                        label_header: HeaderValue::from_str(&label).ok(),
                         label,
                         weight: t.weight,
                         // The target's price, else the model's, else the table's.
@@ -498,7 +512,7 @@ impl Gateway {
             }
         };
         if let Ok(id) = HeaderValue::from_str(&log.id) {
-            response.headers_mut().insert("x-weir-request-id", id);
+            response.headers_mut().insert(header::REQUEST_ID, id);
         }
         response
     }

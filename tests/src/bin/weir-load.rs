@@ -11,7 +11,10 @@
 //!   time the target's processes used per request read from `/proc`,
 //!
 //! then prints a markdown table, each proxy's added latency measured against
-//! the `direct` target. Requests carry a 1 KB prompt.
+//! the `direct` target. Requests carry a 1 KB prompt: a system message that
+//! is the same on every request (~600 bytes, as a deployment's system
+//! prompt is) and a user message that is new on every one (~300 bytes),
+//! so caches of repeated text see what they would see in production.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -39,16 +42,31 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn body(stream: bool) -> Bytes {
-    let prompt = "Summarize the following text in one sentence. ".repeat(20);
-    Bytes::from(
-        json!({
-            "model": "chat",
-            "stream": stream,
-            "messages": [{"role": "user", "content": &prompt[..900]}],
+/// Distinct request bodies, cycled through.
+const BODIES: usize = 4096;
+
+fn bodies(stream: bool) -> Arc<Vec<Bytes>> {
+    let system = "You are the operations team's assistant. Answer in plain English, \
+        briefly, and say so when you are not sure. "
+        .repeat(6);
+    let user = "summarize the following text in one sentence, keeping the numbers. ";
+    let bodies = (0..BODIES)
+        .map(|i| {
+            let user = format!("Request {i}: {}", user.repeat(4));
+            Bytes::from(
+                json!({
+                    "model": "chat",
+                    "stream": stream,
+                    "messages": [
+                        {"role": "system", "content": &system[..600]},
+                        {"role": "user", "content": &user[..300]},
+                    ],
+                })
+                .to_string(),
+            )
         })
-        .to_string(),
-    )
+        .collect();
+    Arc::new(bodies)
 }
 
 fn request(base: &str, key: &str, body: &Bytes) -> Request<Full<Bytes>> {
@@ -99,14 +117,14 @@ struct Sequential {
 async fn sequential(target: &Target, stream: bool, n: usize) -> Sequential {
     let (base, key) = (&target.base, &target.key);
     let client = client();
-    let body = body(stream);
-    for _ in 0..n / 10 {
-        one(&client, base, key, &body).await;
+    let bodies = bodies(stream);
+    for i in 0..n / 10 {
+        one(&client, base, key, &bodies[i % BODIES]).await;
     }
     let mut ttfb = Vec::with_capacity(n);
     let mut total = Vec::with_capacity(n);
-    for _ in 0..n {
-        let (f, t) = one(&client, base, key, &body).await;
+    for i in 0..n {
+        let (f, t) = one(&client, base, key, &bodies[(n / 10 + i) % BODIES]).await;
         ttfb.push(f);
         total.push(t);
     }
@@ -127,20 +145,24 @@ struct Concurrent {
 
 async fn concurrent(target: &Target, stream: bool, n: usize, concurrency: usize) -> Concurrent {
     let client = client();
-    let body = body(stream);
+    let bodies = bodies(stream);
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let cpu_before: Duration = target.pids.iter().map(|p| cpu_time(*p)).sum();
     let start = Instant::now();
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
             let client = client.clone();
-            let body = body.clone();
+            let bodies = bodies.clone();
             let base = target.base.clone();
             let key = target.key.clone();
             let next = next.clone();
             tokio::spawn(async move {
-                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
-                    one(&client, &base, &key, &body).await;
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= n {
+                        break;
+                    }
+                    one(&client, &base, &key, &bodies[i % BODIES]).await;
                 }
             })
         })
