@@ -76,8 +76,14 @@ async fn the_upstream_gets_the_clients_bytes_with_only_the_model_changed() {
     // mock writes its keys sorted), with the model renamed.
     let r = post_json(&url, &chat_body("hi"), None).await;
     let text = r.text();
-    assert!(text.starts_with(r#"{"choices":[{"finish_reason":"stop""#), "{text}");
-    assert!(text.contains(r#""model":"chat","object":"chat.completion""#), "{text}");
+    assert!(
+        text.starts_with(r#"{"choices":[{"finish_reason":"stop""#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#""model":"chat","object":"chat.completion""#),
+        "{text}"
+    );
     let plain = r#"{"temperature": 0.50, "model": "chat", "messages": [{"role": "user", "content": "a \"model\": here"}]}"#;
     assert_eq!(
         sent(plain).await,
