@@ -52,7 +52,7 @@ fn bodies(stream: bool) -> Arc<Vec<Bytes>> {
     let user = "summarize the following text in one sentence, keeping the numbers. ";
     let bodies = (0..BODIES)
         .map(|i| {
-            let user = format!("Request {i}: {}", user.repeat(4));
+            let user = format!("Request {i}: {}", user.repeat(5));
             Bytes::from(
                 json!({
                     "model": "chat",
