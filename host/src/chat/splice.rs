@@ -16,104 +16,155 @@
 
 use std::ops::Range;
 
-/// `json` with the top-level members named in `members` set to the given
-/// values (JSON text): replaced where present, added at the front where
-/// absent. `None` if `json` is not a plain object this scanner can splice.
-pub fn with_members(json: &[u8], members: &[(&str, &[u8])]) -> Option<Vec<u8>> {
-    let object = scan_object(json, members)?;
-    let extra: usize = members.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
-    let mut out = Vec::with_capacity(json.len() + extra);
-    out.extend_from_slice(json.get(..=object.open)?);
-    let missing: Vec<&(&str, &[u8])> = members
-        .iter()
-        .zip(&object.found)
-        .filter(|(_, at)| at.is_none())
-        .map(|(member, _)| member)
-        .collect();
-    for (i, (key, value)) in missing.iter().enumerate() {
-        out.push(b'"');
-        out.extend_from_slice(key.as_bytes());
-        out.extend_from_slice(b"\":");
-        out.extend_from_slice(value);
-        if i + 1 < missing.len() || object.members > 0 {
-            out.push(b',');
-        }
-    }
-    let mut replaced: Vec<(&Range<usize>, &[u8])> = object
-        .found
-        .iter()
-        .zip(members)
-        .filter_map(|(at, (_, value))| Some((at.as_ref()?, *value)))
-        .collect();
-    replaced.sort_by_key(|(at, _)| at.start);
-    let mut from = object.open + 1;
-    for (at, value) in replaced {
-        out.extend_from_slice(json.get(from..at.start)?);
-        out.extend_from_slice(value);
-        from = at.end;
-    }
-    out.extend_from_slice(json.get(from..)?);
-    Some(out)
+/// What to do with a top-level member.
+#[derive(Debug, Clone, Copy)]
+pub enum Edit<'a> {
+    /// Set its value to this JSON text: replaced where present, added at
+    /// the front where absent.
+    Set(&'a [u8]),
+    /// Leave it out (nothing happens where absent).
+    Remove,
 }
 
-/// What [`scan_object`] found.
-struct Object {
+/// `json` with its top-level members edited as `edits` say, every other
+/// byte as it was. `None` if `json` is not a plain object this scanner can
+/// splice.
+pub fn with_members(json: &[u8], edits: &[(&str, Edit<'_>)]) -> Option<Vec<u8>> {
+    let keys: Vec<&str> = edits.iter().map(|(key, _)| *key).collect();
+    Members::scan(json, &keys)?.edit(json, edits)
+}
+
+/// A top-level member: where its key's opening quote is, and its value.
+#[derive(Debug, Clone)]
+struct Member {
+    key: usize,
+    value: Range<usize>,
+}
+
+/// Where the members of one JSON object are, and which of them have the
+/// keys it was scanned for: scan once, then read values and edit.
+#[derive(Debug, Clone)]
+pub struct Members {
     /// Index of the opening `{`.
     open: usize,
-    /// Per wanted key, the byte range of its value.
-    found: Vec<Option<Range<usize>>>,
-    /// How many members the object has.
-    members: usize,
+    members: Vec<Member>,
+    /// Per key scanned for, the index of its member.
+    found: Vec<Option<usize>>,
 }
 
-fn scan_object(json: &[u8], wanted: &[(&str, &[u8])]) -> Option<Object> {
-    let open = skip_ws(json, 0);
-    if json.get(open) != Some(&b'{') {
-        return None;
-    }
-    let mut found = vec![None; wanted.len()];
-    let mut members = 0;
-    let mut at = skip_ws(json, open + 1);
-    if json.get(at) == Some(&b'}') {
-        return Some(Object {
+impl Members {
+    /// Scan `json` (an object serde_json accepted) for `keys`. `None` if it
+    /// is not a plain object this scanner can splice: a key with an escape,
+    /// a key scanned for that appears twice, or a shape it does not expect.
+    pub fn scan(json: &[u8], keys: &[&str]) -> Option<Members> {
+        let open = skip_ws(json, 0);
+        if json.get(open) != Some(&b'{') {
+            return None;
+        }
+        let mut object = Members {
             open,
-            found,
-            members,
-        });
-    }
-    loop {
-        let (key_end, escaped) = string_end(json, at)?;
-        if escaped {
-            return None;
+            members: Vec::with_capacity(12),
+            found: vec![None; keys.len()],
+        };
+        let mut at = skip_ws(json, open + 1);
+        if json.get(at) == Some(&b'}') {
+            return Some(object);
         }
-        let key = json.get(at + 1..key_end - 1)?;
-        at = skip_ws(json, key_end);
-        if json.get(at) != Some(&b':') {
-            return None;
-        }
-        let value_start = skip_ws(json, at + 1);
-        let value_end = value_end(json, value_start)?;
-        members += 1;
-        for (slot, (name, _)) in found.iter_mut().zip(wanted) {
-            if key == name.as_bytes() {
-                if slot.is_some() {
-                    return None;
+        loop {
+            let (key_end, escaped) = string_end(json, at)?;
+            if escaped {
+                return None;
+            }
+            let key = json.get(at + 1..key_end - 1)?;
+            let key_start = at;
+            at = skip_ws(json, key_end);
+            if json.get(at) != Some(&b':') {
+                return None;
+            }
+            let value_start = skip_ws(json, at + 1);
+            let value_end = value_end(json, value_start)?;
+            for (slot, name) in object.found.iter_mut().zip(keys) {
+                if key == name.as_bytes() {
+                    if slot.is_some() {
+                        return None;
+                    }
+                    *slot = Some(object.members.len());
                 }
-                *slot = Some(value_start..value_end);
+            }
+            object.members.push(Member {
+                key: key_start,
+                value: value_start..value_end,
+            });
+            at = skip_ws(json, value_end);
+            match json.get(at) {
+                Some(b',') => at = skip_ws(json, at + 1),
+                Some(b'}') => return Some(object),
+                _ => return None,
             }
         }
-        at = skip_ws(json, value_end);
-        match json.get(at) {
-            Some(b',') => at = skip_ws(json, at + 1),
-            Some(b'}') => {
-                return Some(Object {
-                    open,
-                    found,
-                    members,
-                });
+    }
+
+    /// The value (JSON text) of the `i`th key scanned for, if present.
+    pub fn value<'j>(&self, json: &'j [u8], i: usize) -> Option<&'j [u8]> {
+        let member = self.members.get((*self.found.get(i)?)?)?;
+        json.get(member.value.clone())
+    }
+
+    /// `json` with `edits` applied; their keys are the keys scanned for, in
+    /// the same order (an edit may be left off the end).
+    pub fn edit(&self, json: &[u8], edits: &[(&str, Edit<'_>)]) -> Option<Vec<u8>> {
+        let members = &self.members;
+        // Per member: `None` to drop it, else its value's replacement (if any).
+        let mut fate: Vec<Option<Option<&[u8]>>> = vec![Some(None); members.len()];
+        let mut inserted = Vec::new();
+        for ((key, edit), found) in edits.iter().zip(&self.found) {
+            match (edit, found) {
+                (Edit::Set(value), Some(i)) => *fate.get_mut(*i)? = Some(Some(*value)),
+                (Edit::Remove, Some(i)) => *fate.get_mut(*i)? = None,
+                (Edit::Set(value), None) => inserted.push((*key, *value)),
+                (Edit::Remove, None) => {}
             }
-            _ => return None,
         }
+        let any_kept = fate.iter().any(Option::is_some);
+        let extra: usize = inserted.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
+        let mut out = Vec::with_capacity(json.len() + extra);
+        out.extend_from_slice(json.get(..=self.open)?);
+        for (n, (key, value)) in inserted.iter().enumerate() {
+            out.push(b'"');
+            out.extend_from_slice(key.as_bytes());
+            out.extend_from_slice(b"\":");
+            out.extend_from_slice(value);
+            if n + 1 < inserted.len() || any_kept {
+                out.push(b',');
+            }
+        }
+        let Some(first) = members.first() else {
+            out.extend_from_slice(json.get(self.open + 1..)?);
+            return Some(out);
+        };
+        // Leading whitespace; each kept member after the separator that
+        // followed the kept member before it; then whatever followed the
+        // last.
+        out.extend_from_slice(json.get(self.open + 1..first.key)?);
+        let mut previous: Option<usize> = None;
+        for (i, member) in members.iter().enumerate() {
+            let Some(replacement) = fate[i] else {
+                continue;
+            };
+            if let Some(p) = previous {
+                let next_key = members.get(p + 1)?.key;
+                out.extend_from_slice(json.get(members[p].value.end..next_key)?);
+            }
+            out.extend_from_slice(json.get(member.key..member.value.start)?);
+            match replacement {
+                Some(value) => out.extend_from_slice(value),
+                None => out.extend_from_slice(json.get(member.value.clone())?),
+            }
+            previous = Some(i);
+        }
+        let last = members.last()?;
+        out.extend_from_slice(json.get(last.value.end..)?);
+        Some(out)
     }
 }
 
@@ -181,14 +232,27 @@ fn value_end(json: &[u8], at: usize) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::with_members;
+    use super::{Edit, with_members};
     use proptest::prelude::*;
     use serde_json::{Value, json};
 
-    fn spliced(json: &str, members: &[(&str, &str)]) -> Option<Value> {
-        let members: Vec<(&str, &[u8])> = members.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
-        let out = with_members(json.as_bytes(), &members)?;
-        Some(serde_json::from_slice(&out).expect("the splice is valid JSON"))
+    fn edits<'a>(members: &[(&'a str, Option<&'a str>)]) -> Vec<(&'a str, Edit<'a>)> {
+        members
+            .iter()
+            .map(|(k, v)| (*k, v.map_or(Edit::Remove, |v| Edit::Set(v.as_bytes()))))
+            .collect()
+    }
+
+    /// Each member set (or removed, for `None`), as text.
+    fn spliced_text(json: &str, members: &[(&str, Option<&str>)]) -> Option<String> {
+        let out = with_members(json.as_bytes(), &edits(members))?;
+        Some(String::from_utf8(out).expect("UTF-8 in, UTF-8 out"))
+    }
+
+    /// The same, parsed.
+    fn spliced(json: &str, members: &[(&str, Option<&str>)]) -> Option<Value> {
+        let text = spliced_text(json, members)?;
+        Some(serde_json::from_str(&text).expect("the splice is valid JSON"))
     }
 
     #[test]
@@ -197,8 +261,8 @@ mod tests {
         let out = spliced(
             body,
             &[
-                ("model", r#""gpt-4o-mini""#),
-                ("stream_options", r#"{"include_usage":true}"#),
+                ("model", Some(r#""gpt-4o-mini""#)),
+                ("stream_options", Some(r#"{"include_usage":true}"#)),
             ],
         )
         .unwrap();
@@ -207,20 +271,48 @@ mod tests {
         assert_eq!(out["messages"][0]["content"], "a \"quoted\" {model} [x]");
         assert_eq!(out["stream"], true);
         // The client's bytes stay as sent.
-        let raw = with_members(body.as_bytes(), &[("model", br#""m""#)]).unwrap();
-        assert!(String::from_utf8(raw).unwrap().contains(r#""n": 1.50"#));
         assert_eq!(
-            spliced("{}", &[("model", "\"m\""), ("x", "1")]).unwrap(),
+            spliced_text(body, &[("model", Some(r#""m""#))]).unwrap(),
+            body.replace(r#""chat""#, r#""m""#)
+        );
+        assert_eq!(
+            spliced("{}", &[("model", Some("\"m\"")), ("x", Some("1"))]).unwrap(),
             json!({"model": "m", "x": 1})
         );
         assert_eq!(
             spliced(
                 r#"{"stream_options": null, "model": "a"}"#,
-                &[("stream_options", "{}")]
+                &[("stream_options", Some("{}"))]
             )
             .unwrap(),
             json!({"stream_options": {}, "model": "a"})
         );
+    }
+
+    #[test]
+    fn removes_members_wherever_they_are() {
+        let chunk = r#"{"id": "c", "model": "m", "usage": null}"#;
+        assert_eq!(
+            spliced_text(chunk, &[("model", Some("\"x\"")), ("usage", None)]).unwrap(),
+            r#"{"id": "c", "model": "x"}"#
+        );
+        assert_eq!(
+            spliced_text(chunk, &[("id", None)]).unwrap(),
+            r#"{"model": "m", "usage": null}"#
+        );
+        assert_eq!(
+            spliced_text(chunk, &[("model", None), ("usage", None)]).unwrap(),
+            r#"{"id": "c"}"#
+        );
+        assert_eq!(
+            spliced_text(chunk, &[("id", None), ("model", None), ("usage", None)]).unwrap(),
+            "{}"
+        );
+        assert_eq!(
+            spliced_text(r#"{"usage": 1}"#, &[("usage", None), ("model", Some("2"))]).unwrap(),
+            r#"{"model":2}"#
+        );
+        assert_eq!(spliced_text(chunk, &[("absent", None)]).unwrap(), chunk);
     }
 
     #[test]
@@ -233,11 +325,11 @@ mod tests {
             r#"{"model": "a""#,
             "",
         ] {
-            assert_eq!(spliced(body, &[("model", "\"m\"")]), None, "{body}");
+            assert_eq!(spliced(body, &[("model", Some("\"m\""))]), None, "{body}");
         }
         // An escaped key that is not wanted is still not trusted.
         assert_eq!(
-            spliced(r#"{"a\"b": 1, "model": "x"}"#, &[("model", "1")]),
+            spliced(r#"{"a\"b": 1, "model": "x"}"#, &[("model", Some("1"))]),
             None
         );
     }
@@ -263,12 +355,13 @@ mod tests {
 
     proptest! {
         /// Splicing the bytes gives what editing the parsed tree gives, for
-        /// any object, pretty-printed or not.
+        /// any object, pretty-printed or not, and any mix of edits.
         #[test]
         fn splicing_matches_editing_the_tree(
-            object in prop::collection::btree_map("[a-z_]{1,8}", json_value(), 0..6),
+            object in prop::collection::btree_map("[a-e]{1,2}", json_value(), 0..6),
             pretty in any::<bool>(),
-            model in "[ -~\u{e9}]{0,10}",
+            sets in prop::collection::btree_map("[a-e]{1,2}", "[ -~\u{e9}]{0,10}", 0..3),
+            removals in prop::collection::btree_set("[a-e]{1,2}", 0..3),
         ) {
             let tree = Value::Object(object.into_iter().collect());
             let text = if pretty {
@@ -276,14 +369,27 @@ mod tests {
             } else {
                 serde_json::to_string(&tree).unwrap()
             };
-            let model_json = serde_json::to_string(&model).unwrap();
-            let out = spliced(&text, &[("model", &model_json), ("stream_options", "{\"include_usage\":true}")])
-                .expect("serde_json's own output splices");
+            let set_json: Vec<(String, String)> = sets
+                .iter()
+                .filter(|(k, _)| !removals.contains(*k))
+                .map(|(k, v)| (k.clone(), serde_json::to_string(v).unwrap()))
+                .collect();
+            let mut members: Vec<(&str, Option<&str>)> =
+                set_json.iter().map(|(k, v)| (k.as_str(), Some(v.as_str()))).collect();
+            members.extend(removals.iter().map(|k| (k.as_str(), None)));
+            let out = spliced(&text, &members).expect("serde_json's own output splices");
             // (Parsed from the same text: serde_json's float parsing does
             // not round-trip every f64.)
             let mut expected: Value = serde_json::from_str(&text).unwrap();
-            expected["model"] = Value::String(model);
-            expected["stream_options"] = json!({"include_usage": true});
+            let map = expected.as_object_mut().unwrap();
+            for (k, v) in &sets {
+                if !removals.contains(k) {
+                    map.insert(k.clone(), Value::String(v.clone()));
+                }
+            }
+            for k in &removals {
+                map.remove(k);
+            }
             prop_assert_eq!(out, expected);
         }
     }

@@ -333,7 +333,7 @@ async fn answer_whole(
     let body = passthrough
         .and_then(|raw| {
             let name = serde_json::to_vec(&model.name).ok()?;
-            splice::with_members(&raw, &[("model", &name)])
+            splice::with_members(&raw, &[("model", splice::Edit::Set(&name))])
         })
         .unwrap_or_else(|| serde_json::to_vec(&completion).unwrap_or_default());
     let mut response = json_response(StatusCode::OK, body);

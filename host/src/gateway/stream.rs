@@ -23,11 +23,12 @@ use serde_json::json;
 
 use super::chat::{Pricing, PromptEstimate};
 use super::{Body, Gateway, Model, RequestLog, Target, chat};
+use crate::chat::splice::Edit;
 use crate::chat::{ChatChunk, ChunkChoice, Delta, Usage};
 use crate::metrics;
 use crate::policy::PricePhase;
 use crate::policy::{GuardChain, Stop};
-use crate::providers::{ChunkStream, StreamFault};
+use crate::providers::{ChunkStream, RawChunk, StreamFault, StreamItem};
 use crate::routing::health::InFlight;
 use crate::sse;
 use crate::state::Reservation;
@@ -60,6 +61,8 @@ pub(super) struct ClientStream {
     seen: Vec<u32>,
     /// `id` and `created` of the last chunk, for chunks weir writes itself.
     last: (String, u64),
+    /// The client's model name as JSON, spliced into passed-through chunks.
+    model_json: Vec<u8>,
     first_sent: bool,
     log: RequestLog,
     finished: bool,
@@ -83,6 +86,12 @@ impl ClientStream {
         prompt_estimate: PromptEstimate,
         log: RequestLog,
     ) -> Self {
+        let mut source = source;
+        if chain.is_none() {
+            // Nothing inspects the text: chunks may pass as they came.
+            source.pass_through();
+        }
+        let model_json = serde_json::to_vec(&model.name).unwrap_or_default();
         ClientStream {
             gw,
             model,
@@ -97,6 +106,7 @@ impl ClientStream {
             ended: Vec::new(),
             seen: Vec::new(),
             last: (String::new(), 0),
+            model_json,
             first_sent: false,
             log,
             finished: false,
@@ -124,7 +134,12 @@ impl ClientStream {
                 None => None,
             };
             match next {
-                Some(Ok(mut chunk)) => {
+                Some(Ok(StreamItem::Raw(raw))) => {
+                    if let Some(bytes) = self.pass(raw) {
+                        return Some(bytes);
+                    }
+                }
+                Some(Ok(StreamItem::Chunk(mut chunk))) => {
                     if let Err(stop) = self.guard(&mut chunk).await {
                         let bytes = self.stop(stop);
                         self.record().await;
@@ -296,6 +311,42 @@ impl ClientStream {
         chunk.model.clone_from(&self.model.name);
         let mut out = Vec::with_capacity(256);
         self.write(&chunk, &mut out);
+        Some(Bytes::from(out))
+    }
+
+    /// An upstream chunk passed through (no guardrail): the same steps as
+    /// [`Self::encode`] on the JSON as it came, `model` spliced in. What the
+    /// splice cannot handle is decoded and encoded after all.
+    fn pass(&mut self, raw: RawChunk) -> Option<Bytes> {
+        if let Some(usage) = raw.usage {
+            self.usage = Some(usage);
+            if !self.include_usage && !raw.has_choices {
+                return None;
+            }
+        }
+        // Usage the client did not ask for is left out, as OpenAI does (weir
+        // asked the upstream for it, which then sends `"usage": null`).
+        // The edits' keys are `openai::RAW_KEYS`' first two, as scanned.
+        let edits = [
+            ("model", Edit::Set(&self.model_json)),
+            ("usage", Edit::Remove),
+        ];
+        let edits = if self.include_usage {
+            &edits[..1]
+        } else {
+            &edits[..]
+        };
+        let Some(json) = raw.members.edit(raw.data.as_bytes(), edits) else {
+            let chunk = serde_json::from_str::<ChatChunk>(&raw.data).ok()?;
+            return self.encode(chunk);
+        };
+        if !self.first_sent {
+            self.first_sent = true;
+            metrics::time_to_first_token(&self.model.name, self.log.start.elapsed());
+        }
+        self.output_bytes += raw.content_bytes;
+        let mut out = Vec::with_capacity(json.len() + 8);
+        sse::encode_data(&json, &mut out);
         Some(Bytes::from(out))
     }
 

@@ -181,14 +181,48 @@ pub enum ChunkStream {
     Mock(mock::ChunkReader),
 }
 
+/// One step of a stream.
+#[allow(clippy::large_enum_variant)] // short-lived, never stored
+pub enum StreamItem {
+    /// A decoded chunk.
+    Chunk(ChatChunk),
+    /// An OpenAI-style upstream's chunk as it came, in pass-through mode.
+    Raw(RawChunk),
+}
+
+/// An OpenAI-style upstream's chunk kept as its JSON, read only as far as
+/// the gateway needs it when nothing inspects the text (no guardrail): its
+/// usage, whether it has choices, its text's length. Re-encoding a decoded
+/// chunk costs ~12k instructions; this read and a splice of `model` ~4k.
+#[derive(Debug)]
+pub struct RawChunk {
+    /// The event's `data`: one chat.completion.chunk object.
+    pub data: String,
+    /// Where its members are, scanned for `openai::RAW_KEYS`.
+    pub members: crate::chat::splice::Members,
+    pub usage: Option<Usage>,
+    pub has_choices: bool,
+    /// Bytes of `delta.content` over its choices.
+    pub content_bytes: usize,
+}
+
 impl ChunkStream {
     /// The next chunk; `None` at a clean end.
-    pub async fn next(&mut self) -> Option<Result<ChatChunk, StreamFault>> {
+    pub async fn next(&mut self) -> Option<Result<StreamItem, StreamFault>> {
         match self {
-            ChunkStream::OpenAi(r) => r.next().await,
-            ChunkStream::Anthropic(r) => r.next().await,
-            ChunkStream::Gemini(r) => r.next().await,
-            ChunkStream::Mock(r) => r.next().await,
+            ChunkStream::OpenAi(r) => r.next_item().await,
+            ChunkStream::Anthropic(r) => r.next().await.map(|c| c.map(StreamItem::Chunk)),
+            ChunkStream::Gemini(r) => r.next().await.map(|c| c.map(StreamItem::Chunk)),
+            ChunkStream::Mock(r) => r.next().await.map(|c| c.map(StreamItem::Chunk)),
+        }
+    }
+
+    /// Nothing will look at the text: OpenAI-style chunks may come as
+    /// [`StreamItem::Raw`] from now on (other providers translate, so
+    /// theirs stay decoded).
+    pub fn pass_through(&mut self) {
+        if let ChunkStream::OpenAi(r) = self {
+            r.raw = true;
         }
     }
 }

@@ -22,10 +22,12 @@ use hyper::body::Incoming;
 use serde_json::{Map, Value};
 
 use super::{
-    AttemptError, ChatReply, ChunkStream, HttpClient, Provider, StreamFault, body_with,
-    error_chain, key_from_env, max_upstream_body, parse_completion, post_json, read_body, send_ok,
+    AttemptError, ChatReply, ChunkStream, HttpClient, Provider, RawChunk, StreamFault, StreamItem,
+    body_with, error_chain, key_from_env, max_upstream_body, parse_completion, post_json,
+    read_body, send_ok,
 };
-use crate::chat::{ChatChunk, ChatRequest, splice};
+use crate::chat::splice::{self, Edit};
+use crate::chat::{ChatChunk, ChatRequest};
 use crate::config::{Config, DEFAULT_AZURE_API_VERSION, ProviderConfig};
 use crate::sse::{SseEvent, SseParser};
 
@@ -158,13 +160,15 @@ fn chat_body(req: &ChatRequest, model: &str) -> Vec<u8> {
     if let Some(raw) = req.raw() {
         let model_json = serde_json::to_vec(&model_value).unwrap_or_default();
         let spliced = match (req.stream, stream_options) {
-            (false, _) => splice::with_members(raw, &[("model", &model_json)]),
-            (true, _) if req.include_usage => splice::with_members(raw, &[("model", &model_json)]),
+            (false, _) => splice::with_members(raw, &[("model", Edit::Set(&model_json))]),
+            (true, _) if req.include_usage => {
+                splice::with_members(raw, &[("model", Edit::Set(&model_json))])
+            }
             (true, None | Some(Value::Null)) => splice::with_members(
                 raw,
                 &[
-                    ("model", &model_json),
-                    ("stream_options", br#"{"include_usage":true}"#),
+                    ("model", Edit::Set(&model_json)),
+                    ("stream_options", Edit::Set(br#"{"include_usage":true}"#)),
                 ],
             ),
             // Options of the client's own to keep: merged below.
@@ -207,6 +211,8 @@ pub struct ChunkReader {
     peeked: Option<ChatChunk>,
     saw_finish: bool,
     ended: bool,
+    /// Chunks may be passed through as they came (see [`RawChunk`]).
+    pub(super) raw: bool,
 }
 
 impl ChunkReader {
@@ -220,7 +226,61 @@ impl ChunkReader {
             peeked: None,
             saw_finish: false,
             ended: false,
+            raw: false,
         }
+    }
+
+    /// The next chunk, passed through as it came when the reader is in
+    /// raw mode and the chunk is a plain one.
+    pub async fn next_item(&mut self) -> Option<Result<StreamItem, StreamFault>> {
+        if self.raw && self.peeked.is_none() && !self.ended {
+            if let Err(end) = self.fill().await {
+                return end.map(Err);
+            }
+            if let Some(event) = self.events.pop_front() {
+                match read_raw(event) {
+                    Ok(raw) => return Some(Ok(StreamItem::Raw(raw))),
+                    // Errors, `[DONE]`, a finish and anything unusual are
+                    // decoded.
+                    Err(event) => self.events.push_front(event),
+                }
+            }
+        }
+        self.next().await.map(|c| c.map(StreamItem::Chunk))
+    }
+
+    /// Read until an event is queued. `Err` when the stream ended: `None`
+    /// cleanly, else the fault.
+    async fn fill(&mut self) -> Result<(), Option<StreamFault>> {
+        while self.events.is_empty() {
+            match tokio::time::timeout(self.idle, self.body.frame()).await {
+                Err(_) => {
+                    self.ended = true;
+                    return Err(Some(StreamFault::IdleTimeout(self.idle)));
+                }
+                Ok(None) => {
+                    self.ended = true;
+                    // Some compatible servers omit `[DONE]`; a stream whose
+                    // choices all finished has ended cleanly anyway.
+                    return Err((!self.saw_finish).then_some(StreamFault::Closed));
+                }
+                Ok(Some(Err(e))) => {
+                    self.ended = true;
+                    return Err(Some(StreamFault::Read(error_chain(&e))));
+                }
+                Ok(Some(Ok(frame))) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    if let Err(e) = self.parser.feed(&data, &mut self.scratch) {
+                        self.ended = true;
+                        return Err(Some(StreamFault::Malformed(e.to_string())));
+                    }
+                    self.events.extend(self.scratch.drain(..));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The next chunk; `None` after `[DONE]`.
@@ -232,53 +292,101 @@ impl ChunkReader {
             if self.ended {
                 return None;
             }
-            if let Some(event) = self.events.pop_front() {
-                match decode_event(&event) {
-                    Decoded::Done => {
-                        self.ended = true;
-                        return None;
-                    }
-                    Decoded::Skip => continue,
-                    Decoded::Chunk(chunk) => {
-                        if chunk.choices.iter().any(|c| c.finish_reason.is_some()) {
-                            self.saw_finish = true;
-                        }
-                        return Some(Ok(chunk));
-                    }
-                    Decoded::Fault(fault) => {
-                        self.ended = true;
-                        return Some(Err(fault));
-                    }
-                }
+            if let Err(end) = self.fill().await {
+                return end.map(Err);
             }
-            match tokio::time::timeout(self.idle, self.body.frame()).await {
-                Err(_) => {
+            let Some(event) = self.events.pop_front() else {
+                continue;
+            };
+            match decode_event(&event) {
+                Decoded::Done => {
                     self.ended = true;
-                    return Some(Err(StreamFault::IdleTimeout(self.idle)));
+                    return None;
                 }
-                Ok(None) => {
-                    self.ended = true;
-                    // Some compatible servers omit `[DONE]`; a stream whose
-                    // choices all finished has ended cleanly anyway.
-                    return (!self.saw_finish).then_some(Err(StreamFault::Closed));
-                }
-                Ok(Some(Err(e))) => {
-                    self.ended = true;
-                    return Some(Err(StreamFault::Read(error_chain(&e))));
-                }
-                Ok(Some(Ok(frame))) => {
-                    let Ok(data) = frame.into_data() else {
-                        continue;
-                    };
-                    if let Err(e) = self.parser.feed(&data, &mut self.scratch) {
-                        self.ended = true;
-                        return Some(Err(StreamFault::Malformed(e.to_string())));
+                Decoded::Skip => continue,
+                Decoded::Chunk(chunk) => {
+                    if chunk.choices.iter().any(|c| c.finish_reason.is_some()) {
+                        self.saw_finish = true;
                     }
-                    self.events.extend(self.scratch.drain(..));
+                    return Some(Ok(chunk));
+                }
+                Decoded::Fault(fault) => {
+                    self.ended = true;
+                    return Some(Err(fault));
                 }
             }
         }
     }
+}
+
+/// The top-level members a passed-through chunk is scanned for, in this
+/// order ([`RawChunk::members`]).
+pub const RAW_KEYS: [&str; 4] = ["model", "usage", "choices", "error"];
+
+/// A plain chunk event read for pass-through, or the event back when it is
+/// not one (`[DONE]`, an error, a finish, anything unusual: those are
+/// decoded). One scan for the top-level members; only `choices` (and a
+/// non-null `usage`) are parsed.
+fn read_raw(event: SseEvent) -> Result<RawChunk, SseEvent> {
+    use std::borrow::Cow;
+
+    #[derive(serde::Deserialize)]
+    struct LiteChoice<'a> {
+        #[serde(borrow, default)]
+        delta: Option<LiteDelta<'a>>,
+        #[serde(borrow, default)]
+        finish_reason: Option<Cow<'a, str>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct LiteDelta<'a> {
+        #[serde(borrow, default)]
+        content: Option<Cow<'a, str>>,
+    }
+
+    let data = event.data.as_bytes();
+    // Several `data:` lines join with newlines, which cannot go out as one.
+    if memchr::memchr(b'\n', data).is_some() {
+        return Err(event);
+    }
+    let Some(members) = splice::Members::scan(data, &RAW_KEYS) else {
+        return Err(event);
+    };
+    let is_null = |v: &[u8]| v == b"null";
+    if members.value(data, 3).is_some_and(|v| !is_null(v)) {
+        return Err(event);
+    }
+    let usage = match members.value(data, 1) {
+        None => None,
+        Some(v) if is_null(v) => None,
+        Some(v) => match serde_json::from_slice::<crate::chat::Usage>(v) {
+            Ok(usage) => Some(usage),
+            Err(_) => return Err(event),
+        },
+    };
+    let choices: Vec<LiteChoice> = match members.value(data, 2) {
+        None => Vec::new(),
+        Some(v) => match serde_json::from_slice(v) {
+            Ok(choices) => choices,
+            Err(_) => return Err(event),
+        },
+    };
+    if choices.iter().any(|c| c.finish_reason.is_some()) {
+        return Err(event);
+    }
+    let content_bytes = choices
+        .iter()
+        .filter_map(|c| c.delta.as_ref()?.content.as_ref())
+        .map(|c| c.len())
+        .sum();
+    let has_choices = !choices.is_empty();
+    drop(choices);
+    Ok(RawChunk {
+        data: event.data,
+        members,
+        usage,
+        has_choices,
+        content_bytes,
+    })
 }
 
 #[allow(clippy::large_enum_variant)] // short-lived, never stored
