@@ -420,3 +420,46 @@ fn decode_event(event: &SseEvent) -> Decoded {
         Err(e) => Decoded::Fault(StreamFault::Malformed(e.to_string())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(data: &str) -> SseEvent {
+        SseEvent {
+            data: data.into(),
+            ..SseEvent::default()
+        }
+    }
+
+    #[test]
+    fn plain_chunks_pass_and_the_rest_is_decoded() {
+        let chunk = r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"h\u00e9llo"},"finish_reason":null}],"usage":null}"#;
+        let raw = read_raw(event(chunk)).unwrap();
+        assert_eq!(raw.content_bytes, "héllo".len());
+        assert!(raw.has_choices);
+        assert!(raw.usage.is_none());
+        assert_eq!(
+            raw.members.value(raw.data.as_bytes(), 0),
+            Some(&b"\"m\""[..])
+        );
+
+        let usage = r#"{"id":"c","model":"m","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}"#;
+        let raw = read_raw(event(usage)).unwrap();
+        assert!(!raw.has_choices);
+        assert_eq!(raw.usage.map(|u| u.total_tokens), Some(5));
+
+        for data in [
+            "[DONE]",
+            "",
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
+            r#"{"error":{"message":"overloaded"}}"#,
+            "{\"choices\":\n[]}",
+            r#"{"model":"a","model":"b","choices":[]}"#,
+            r#"{"choices":"not a list"}"#,
+        ] {
+            assert!(read_raw(event(data)).is_err(), "{data}");
+        }
+        assert!(read_raw(event(r#"{"error":null,"choices":[]}"#)).is_ok());
+    }
+}
