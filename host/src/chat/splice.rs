@@ -30,8 +30,7 @@ pub enum Edit<'a> {
 /// byte as it was. `None` if `json` is not a plain object this scanner can
 /// splice.
 pub fn with_members(json: &[u8], edits: &[(&str, Edit<'_>)]) -> Option<Vec<u8>> {
-    let keys: Vec<&str> = edits.iter().map(|(key, _)| *key).collect();
-    Members::scan(json, &keys)?.edit(json, edits)
+    Members::scan_by(json, edits.len(), |i| edits.get(i).map(|(key, _)| *key))?.edit(json, edits)
 }
 
 /// A top-level member: where its key's opening quote is, and its value.
@@ -57,6 +56,15 @@ impl Members {
     /// is not a plain object this scanner can splice: a key with an escape,
     /// a key scanned for that appears twice, or a shape it does not expect.
     pub fn scan(json: &[u8], keys: &[&str]) -> Option<Members> {
+        Self::scan_by(json, keys.len(), |i| keys.get(i).copied())
+    }
+
+    /// [`Members::scan`] for `n` keys named by `key`.
+    fn scan_by<'k>(
+        json: &[u8],
+        n: usize,
+        key: impl Fn(usize) -> Option<&'k str>,
+    ) -> Option<Members> {
         let open = skip_ws(json, 0);
         if json.get(open) != Some(&b'{') {
             return None;
@@ -64,7 +72,7 @@ impl Members {
         let mut object = Members {
             open,
             members: Vec::with_capacity(12),
-            found: vec![None; keys.len()],
+            found: vec![None; n],
         };
         let mut at = skip_ws(json, open + 1);
         if json.get(at) == Some(&b'}') {
@@ -75,7 +83,7 @@ impl Members {
             if escaped {
                 return None;
             }
-            let key = json.get(at + 1..key_end - 1)?;
+            let member_key = json.get(at + 1..key_end - 1)?;
             let key_start = at;
             at = skip_ws(json, key_end);
             if json.get(at) != Some(&b':') {
@@ -83,8 +91,8 @@ impl Members {
             }
             let value_start = skip_ws(json, at + 1);
             let value_end = value_end(json, value_start)?;
-            for (slot, name) in object.found.iter_mut().zip(keys) {
-                if key == name.as_bytes() {
+            for (i, slot) in object.found.iter_mut().enumerate() {
+                if key(i).is_some_and(|name| name.as_bytes() == member_key) {
                     if slot.is_some() {
                         return None;
                     }
@@ -114,27 +122,35 @@ impl Members {
     /// the same order (an edit may be left off the end).
     pub fn edit(&self, json: &[u8], edits: &[(&str, Edit<'_>)]) -> Option<Vec<u8>> {
         let members = &self.members;
-        // Per member: `None` to drop it, else its value's replacement (if any).
-        let mut fate: Vec<Option<Option<&[u8]>>> = vec![Some(None); members.len()];
-        let mut inserted = Vec::new();
-        for ((key, edit), found) in edits.iter().zip(&self.found) {
-            match (edit, found) {
-                (Edit::Set(value), Some(i)) => *fate.get_mut(*i)? = Some(Some(*value)),
-                (Edit::Remove, Some(i)) => *fate.get_mut(*i)? = None,
-                (Edit::Set(value), None) => inserted.push((*key, *value)),
-                (Edit::Remove, None) => {}
+        let edited = || edits.iter().zip(&self.found);
+        // Member i: `None` to drop it, else its value's replacement (if any).
+        let fate = |i: usize| -> Option<Option<&[u8]>> {
+            match edited().find(|(_, found)| **found == Some(i)) {
+                Some(((_, Edit::Remove), _)) => None,
+                Some(((_, Edit::Set(value)), _)) => Some(Some(*value)),
+                None => Some(None),
             }
-        }
-        let any_kept = fate.iter().any(Option::is_some);
-        let extra: usize = inserted.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
+        };
+        let inserted = || {
+            edited().filter_map(|((key, edit), found)| match (edit, found) {
+                (Edit::Set(value), None) => Some((*key, *value)),
+                _ => None,
+            })
+        };
+        let removed = edited()
+            .filter(|((_, edit), found)| matches!(edit, Edit::Remove) && found.is_some())
+            .count();
+        let any_kept = removed < members.len();
+        let extra: usize = inserted().map(|(k, v)| k.len() + v.len() + 4).sum();
         let mut out = Vec::with_capacity(json.len() + extra);
         out.extend_from_slice(json.get(..=self.open)?);
-        for (n, (key, value)) in inserted.iter().enumerate() {
+        let count = inserted().count();
+        for (n, (key, value)) in inserted().enumerate() {
             out.push(b'"');
             out.extend_from_slice(key.as_bytes());
             out.extend_from_slice(b"\":");
             out.extend_from_slice(value);
-            if n + 1 < inserted.len() || any_kept {
+            if n + 1 < count || any_kept {
                 out.push(b',');
             }
         }
@@ -148,7 +164,7 @@ impl Members {
         out.extend_from_slice(json.get(self.open + 1..first.key)?);
         let mut previous: Option<usize> = None;
         for (i, member) in members.iter().enumerate() {
-            let Some(replacement) = fate[i] else {
+            let Some(replacement) = fate(i) else {
                 continue;
             };
             if let Some(p) = previous {
