@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Instructions per request through the real gateway, counted by valgrind's
+# callgrind: deterministic (the same binary and requests give the same
+# count whatever else the machine does), so a change's effect shows even
+# where bench/run.sh's timings are noise. Kernel time (syscalls, page
+# resets, wake-ups) is not counted; bench/run.sh measures that.
+#
+#   bench/instructions.sh            # the rows below, N=300 requests each
+#   N=100 bench/instructions.sh
+#
+# Each row: the mock upstream, weir under callgrind on the row's config,
+# 30 warm-up requests, counters zeroed, N sequential requests (the prompt of
+# weir-load: a fixed 600-byte system message and a new 300-byte user message
+# each time), counters dumped; all of weir's threads are summed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+n=${N:-300}
+
+if ! command -v valgrind >/dev/null; then
+    echo "installing valgrind (Debian package)" >&2
+    (apt-get install -y valgrind >/dev/null 2>&1 || (apt-get update >/dev/null && apt-get install -y valgrind >/dev/null)) ||
+        { echo "cannot install valgrind; run as root or install it" >&2; exit 1; }
+fi
+cargo build --release --locked -p weir -p weir-testkit --bins >&2
+./dev.sh policies >&2
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+./target/release/weir-mock-upstream 127.0.0.1:18000 20 2>/dev/null &
+pids+=($!)
+
+cat > "$work/load.py" <<'PY'
+import http.client, json, sys
+port, first, n, key, stream = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5] == "stream"
+system = ("You are the operations team's assistant. Answer in plain English, "
+          "briefly, and say so when you are not sure. " * 6)[:600]
+user = "summarize the following text in one sentence, keeping the numbers. " * 5
+conn = http.client.HTTPConnection("127.0.0.1", port)
+for i in range(first, first + n):
+    body = json.dumps({"model": "chat", "stream": stream, "messages": [
+        {"role": "system", "content": system},
+        {"role": "user", "content": f"Request {i}: {user}"[:300]}]})
+    conn.request("POST", "/v1/chat/completions", body,
+                 {"authorization": "Bearer " + key, "content-type": "application/json"})
+    reply = conn.getresponse()
+    data = reply.read()
+    if reply.status != 200:
+        sys.exit(f"{reply.status}: {data[:200]!r}")
+PY
+
+sed "s#@ROOT@#$root#g" bench/weir.toml > "$work/weir.toml"
+sed "s#@ROOT@#$root#g" bench/weir-policies.toml > "$work/weir-policies.toml"
+sed -e 's#^global = true$#global = true\nreuse_instances = 100000#' \
+    "$work/weir-policies.toml" > "$work/weir-policies-reused.toml"
+
+# One row: label, config, key, plain|stream.
+count() {
+    local label=$1 config=$2 key=$3 kind=$4
+    local port out
+    port=$(grep -m1 '^listen' "$config" | sed 's/.*:\([0-9]*\)".*/\1/')
+    out="$work/cg-$RANDOM"
+    RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" \
+        ./target/release/weir serve --config "$config" 2>"$out.log" &
+    local vg=$!
+    pids+=($vg)
+    for _ in $(seq 300); do
+        (echo > /dev/tcp/127.0.0.1/"$port") 2>/dev/null && break
+        sleep 0.2
+    done
+    python3 "$work/load.py" "$port" 0 30 "$key" "$kind"
+    callgrind_control -z "$vg" >/dev/null
+    python3 "$work/load.py" "$port" 1000 "$n" "$key" "$kind"
+    callgrind_control -d "$vg" >/dev/null
+    local total
+    total=$(grep -h '^summary:' "$out".* | awk '{s += $2} END {print s}')
+    kill "$vg" 2>/dev/null || true
+    wait "$vg" 2>/dev/null || true
+    printf '| %s | %s | %d |\n' "$label" "$kind" $((total / n))
+}
+
+echo "| target | request | instructions per request |"
+echo "|---|---|---|"
+count "weir, key without limits" "$work/weir.toml" sk-bench-key-open plain
+count "weir (key with limits)" "$work/weir.toml" sk-bench-key-0001 plain
+count "weir (key with limits)" "$work/weir.toml" sk-bench-key-0001 stream
+count "weir+3 guardrails" "$work/weir-policies.toml" sk-bench-key-0001 plain
+count "weir+3 guardrails" "$work/weir-policies.toml" sk-bench-key-0001 stream
+count "weir+3 guardrails, reused instances" "$work/weir-policies-reused.toml" sk-bench-key-0001 plain
+count "weir+3 guardrails, reused instances" "$work/weir-policies-reused.toml" sk-bench-key-0001 stream
