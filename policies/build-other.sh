@@ -57,9 +57,15 @@ build_python() {
     local paths=(-p "$folder" -p sdk/python)
     # Pure-Python dependencies: `pip install --target policies/NAME/vendor …`.
     [ -d "$folder/vendor" ] && paths+=(-p "$folder/vendor")
-    log "building $name (Python, $module-policy, componentize-py)"
+    # A guardrail that says which hooks it needs (a `GuardrailHooks` class)
+    # is built for the world that exports `guardrail-hooks`.
+    local world="$module-policy"
+    if [ "$module" = guardrail ] && grep -q '^class GuardrailHooks' "$folder/$module.py"; then
+        world=guardrail-policy-with-hooks
+    fi
+    log "building $name (Python, $world, componentize-py)"
     started=$SECONDS
-    "$venv/bin/componentize-py" --quiet -d wit -w "$module-policy" componentize "$module" \
+    "$venv/bin/componentize-py" --quiet -d wit -w "$world" componentize "$module" \
         "${paths[@]}" -o "$out/$name.wasm"
     echo "    $((SECONDS - started)) s" >&2
 }

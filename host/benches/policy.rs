@@ -154,13 +154,19 @@ fn ctx(streaming: bool) -> RequestContext {
     }
 }
 
-fn bench(c: &mut Criterion) {
+/// A current-thread tokio runtime and the gateway's policy runtime.
+fn runtimes() -> (tokio::runtime::Runtime, Arc<PolicyRuntime>) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     let runtime = PolicyRuntime::new(&EngineOptions::default(), Arc::new(MemoryKv::default()))
         .expect("engine");
+    (rt, runtime)
+}
+
+fn bench(c: &mut Criterion) {
+    let (rt, runtime) = runtimes();
     let request = prompt_1kb();
     // `POLICY_BENCH_ONLY=allow-all,blocklist` limits the run (and the load
     // report) to those policies, for profiling one of them.
@@ -234,12 +240,7 @@ fn bench(c: &mut Criterion) {
 /// The guarded request of `bench/run.sh`, through the policy runtime only.
 fn bench_chain(c: &mut Criterion) {
     const CHAIN: [&str; 3] = ["pii-redact", "prompt-injection", "blocklist"];
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let runtime = PolicyRuntime::new(&EngineOptions::default(), Arc::new(MemoryKv::default()))
-        .expect("engine");
+    let (rt, runtime) = runtimes();
     let request = prompt_1kb();
     let deltas: Vec<String> = (0..20).map(|i| format!("word{i:03} ")).collect();
     let answer: String = deltas.concat();

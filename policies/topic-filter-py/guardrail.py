@@ -39,6 +39,7 @@ from weir_policy import (
 )
 from wit_world import exports
 from wit_world.exports import guardrail as wit
+from wit_world.exports.guardrail_hooks import Hooks
 from wit_world.imports.types import ChatRequest, RequestInfo
 
 # Compiled at build time: componentize-py snapshots the initialized module.
@@ -128,6 +129,22 @@ def refuse(hit, what: str) -> str:
     kv.incr(f"denied:{name}")
     info(f"{what} on off-limits topic {name} (score {score:g} >= {threshold:g})")
     return f"this gateway does not discuss {name} (topic score {score:g}, threshold {threshold:g})"
+
+
+class GuardrailHooks(exports.GuardrailHooks):
+    """Which hooks the gateway calls, asked once per load: responses only
+    with ``responses = true``, so by default a stream does not pass through
+    this policy at all (one Python call per delta saved). A bad config keeps
+    every hook, so the hooks report it."""
+
+    def needs(self) -> Hooks:
+        try:
+            r = rules()
+        except Exception:  # noqa: BLE001 - reported by the hooks themselves
+            return Hooks.REQUESTS | Hooks.RESPONSES
+        if not r.topics:
+            return Hooks(0)
+        return Hooks.REQUESTS | Hooks.RESPONSES if r.responses else Hooks.REQUESTS
 
 
 class Guardrail(exports.Guardrail):

@@ -126,6 +126,53 @@ async fn python_topic_filter_denies_by_topic_and_blocks_streams_before_the_cross
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_guardrail_declares_its_hooks_from_its_config() {
+    let up = MockUpstream::start().await;
+    // Without `responses = true` topic-filter-py only judges requests, and
+    // says so: streams no longer pass through the interpreter per delta.
+    let request_only = TOPICS.replace("responses = true", "responses = false");
+    let extra = entry(
+        "topic-filter-py",
+        &policy("topic-filter-py"),
+        true,
+        &request_only,
+        INTERPRETER,
+    ) + &entry(
+        "both",
+        &policy("topic-filter-py"),
+        true,
+        TOPICS,
+        INTERPRETER,
+    );
+    let gw = start(&config(&up, &extra));
+    let listing = get(&gw.admin_url("/admin/policies"), None).await.json();
+    let hooks: Vec<Value> = listing
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["hooks"].clone())
+        .collect();
+    assert_eq!(
+        hooks,
+        [json!(["requests"]), json!(["requests", "responses"])]
+    );
+
+    up.push(Reply::Chat(Chat::text(&["Buy", " shares", " now"])));
+    let s = client::stream(&gw.url("/v1/chat/completions"), &stream_body("hi"), None).await;
+    assert!(s.done());
+    let metrics = get(&gw.admin_url("/metrics"), None).await.text();
+    let calls = |policy: &str| {
+        let series = format!("weir_policy_calls_total{{policy=\"{policy}\",hook=\"on_chunk\"}}");
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&series))
+            .map_or(0.0, |l| l[series.len()..].trim().parse::<f64>().unwrap())
+    };
+    assert_eq!(calls("topic-filter-py"), 0.0, "{metrics}");
+    assert!(calls("both") >= 3.0, "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn javascript_secrets_redact_requests_and_keys_split_across_chunks() {
     let up = MockUpstream::start().await;
     let extra = entry(
