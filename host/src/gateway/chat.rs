@@ -9,7 +9,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -20,11 +19,12 @@ use super::{
     read_client_body, usd,
 };
 use crate::auth::Caller;
-use crate::chat::{ChatCompletion, ChatRequest, Usage, splice};
+use crate::chat::splice::{self, Edit};
+use crate::chat::{ChatCompletion, ChatRequest, Usage};
 use crate::error::GatewayError;
 use crate::limits::RateInfo;
 use crate::policy::{GuardChain, Policy, PolicyUsage, PricePhase, RequestContext, Stop};
-use crate::providers::ChatReply;
+use crate::providers::{ChatReply, Whole};
 use crate::state::{ANONYMOUS, Actual, Ask, Reservation};
 use crate::tokens;
 
@@ -85,13 +85,13 @@ pub(super) async fn handle(
         None => PromptEstimate::Deferred(Box::new(chat)),
     };
     let response = match reply {
-        ChatReply::Complete(completion, raw) => {
+        ChatReply::Complete(whole) => {
             let response = answer_whole(
                 gw,
                 &model,
                 &target,
                 &pricing,
-                (completion, raw),
+                whole,
                 chain,
                 reservation,
                 prompt_estimate,
@@ -292,15 +292,40 @@ async fn answer_whole(
     model: &Model,
     target: &Target,
     pricing: &Pricing,
-    (mut completion, raw): (Box<ChatCompletion>, Option<Bytes>),
+    whole: Whole,
     chain: Option<GuardChain>,
     reservation: Option<Reservation>,
     prompt_estimate: PromptEstimate,
     log: &mut RequestLog,
 ) -> Result<Response<Body>, GatewayError> {
     // With no guardrail over the response, the upstream's own bytes go
-    // back with the model renamed, instead of re-serializing the parse.
-    let passthrough = raw.filter(|_| chain.is_none());
+    // back with the model renamed, never parsed in full or re-serialized.
+    if let (Whole::Raw(raw), None) = (&whole, &chain) {
+        let usage = raw.usage.clone().unwrap_or_else(|| {
+            Usage::new(
+                prompt_estimate.tokens(model),
+                (raw.content_bytes as u64).div_ceil(4),
+            )
+        });
+        let name = serde_json::to_vec(&model.name).unwrap_or_default();
+        if let Some(body) = splice::with_members(&raw.bytes, &[("model", Edit::Set(&name))]) {
+            let cost = pricing.cost(gw, PricePhase::Actual, target, &usage).await;
+            let actual = account(&usage, cost, log);
+            record(gw, log, reservation, actual).await;
+            return Ok(cost_response(json_response(StatusCode::OK, body), cost));
+        }
+    }
+    let mut completion = match whole.parse() {
+        Ok(completion) => completion,
+        Err(e) => {
+            release(gw, model, reservation).await;
+            return Err(GatewayError::UpstreamError(format!(
+                "`{}` answered: {}",
+                target.label,
+                e.describe()
+            )));
+        }
+    };
     let blocked_by = match chain {
         Some(mut chain) => match guard_completion(&mut chain, &mut completion).await {
             Ok(blocked) => {
@@ -330,22 +355,22 @@ async fn answer_whole(
     let cost = pricing.cost(gw, PricePhase::Actual, target, &usage).await;
     let actual = account(&usage, cost, log);
     record(gw, log, reservation, actual).await;
-    let body = passthrough
-        .and_then(|raw| {
-            let name = serde_json::to_vec(&model.name).ok()?;
-            splice::with_members(&raw, &[("model", splice::Edit::Set(&name))])
-        })
-        .unwrap_or_else(|| serde_json::to_vec(&completion).unwrap_or_default());
-    let mut response = json_response(StatusCode::OK, body);
-    if let Ok(v) = HeaderValue::from_str(&usd(cost)) {
-        response.headers_mut().insert(header::COST_USD, v);
-    }
+    let body = serde_json::to_vec(&completion).unwrap_or_default();
+    let mut response = cost_response(json_response(StatusCode::OK, body), cost);
     if let Some(policy) = blocked_by
         && let Ok(v) = HeaderValue::from_str(&policy)
     {
         response.headers_mut().insert(header::POLICY, v);
     }
     Ok(response)
+}
+
+/// `x-weir-cost-usd` on a served completion.
+fn cost_response(mut response: Response<Body>, cost: u64) -> Response<Body> {
+    if let Ok(v) = HeaderValue::from_str(&usd(cost)) {
+        response.headers_mut().insert(header::COST_USD, v);
+    }
+    response
 }
 
 /// How a request is priced: its model's pricing policy, if any (the

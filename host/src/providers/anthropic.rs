@@ -35,7 +35,7 @@ use serde_json::{Map, Value, json};
 
 use super::{
     AttemptError, ChatReply, ChunkMeta, ChunkStream, EventError, HttpClient, Provider, StreamFault,
-    Translate, Translated, UpstreamFailure, key_from_env, max_upstream_body, now_secs,
+    Translate, Translated, UpstreamFailure, Whole, key_from_env, max_upstream_body, now_secs,
     parse_data_url, post_json, read_body, role_delta, send_ok,
 };
 use crate::chat::open::Extra;
@@ -100,10 +100,9 @@ impl Anthropic {
         if !req.stream {
             let bytes =
                 read_body(&mut incoming, provider.idle_timeout, max_upstream_body()).await?;
-            return Ok(ChatReply::Complete(
-                Box::new(translate_response(&bytes, model)?),
-                None,
-            ));
+            return Ok(ChatReply::Complete(Whole::Parsed(Box::new(
+                translate_response(&bytes, model)?,
+            ))));
         }
         let stream = Translated::start(incoming, provider.idle_timeout, Events::new(model)).await?;
         Ok(ChatReply::Stream(ChunkStream::Anthropic(Box::new(stream))))

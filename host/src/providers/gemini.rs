@@ -37,9 +37,9 @@ use serde_json::{Map, Value, json};
 
 use super::{
     AttemptError, ChatReply, ChunkMeta, ChunkStream, EventError, HttpClient, Provider, StreamFault,
-    Translate, Translated, UpstreamFailure, base64_encode, body_excerpt, classify, error_body,
-    key_from_env, max_upstream_body, now_secs, parse_data_url, post_json, read_body, role_delta,
-    send,
+    Translate, Translated, UpstreamFailure, Whole, base64_encode, body_excerpt, classify,
+    error_body, key_from_env, max_upstream_body, now_secs, parse_data_url, post_json, read_body,
+    role_delta, send,
 };
 use crate::chat::open::Extra;
 use crate::chat::{
@@ -125,10 +125,9 @@ impl Gemini {
         if !req.stream {
             let bytes =
                 read_body(&mut incoming, provider.idle_timeout, max_upstream_body()).await?;
-            return Ok(ChatReply::Complete(
-                Box::new(translate_response(&bytes, model, &mut ToolIds::new())?),
-                None,
-            ));
+            return Ok(ChatReply::Complete(Whole::Parsed(Box::new(
+                translate_response(&bytes, model, &mut ToolIds::new())?,
+            ))));
         }
         let stream = Translated::start(incoming, provider.idle_timeout, Events::new(model)).await?;
         Ok(ChatReply::Stream(ChunkStream::Gemini(Box::new(stream))))

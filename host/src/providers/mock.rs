@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
 
-use super::{ChatReply, ChunkStream, StreamFault};
+use super::{ChatReply, ChunkStream, StreamFault, Whole};
 use crate::chat::open::Extra;
 use crate::chat::{
     ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Delta, ResponseMessage, Usage,
@@ -74,27 +74,24 @@ impl Mock {
         let id = format!("chatcmpl-mock{:016x}", fastrand::u64(..));
         let created = now_secs();
         if !req.stream {
-            return ChatReply::Complete(
-                Box::new(ChatCompletion {
-                    id,
-                    object: "chat.completion".into(),
-                    created,
-                    model: model.to_string(),
-                    choices: vec![Choice {
-                        index: 0,
-                        message: ResponseMessage {
-                            role: "assistant".into(),
-                            content: Some(text),
-                            ..Default::default()
-                        },
-                        finish_reason: Some(finish.into()),
-                        extra: Extra::default(),
-                    }],
-                    usage: Some(usage),
+            return ChatReply::Complete(Whole::Parsed(Box::new(ChatCompletion {
+                id,
+                object: "chat.completion".into(),
+                created,
+                model: model.to_string(),
+                choices: vec![Choice {
+                    index: 0,
+                    message: ResponseMessage {
+                        role: "assistant".into(),
+                        content: Some(text),
+                        ..Default::default()
+                    },
+                    finish_reason: Some(finish.into()),
                     extra: Extra::default(),
-                }),
-                None,
-            );
+                }],
+                usage: Some(usage),
+                extra: Extra::default(),
+            })));
         }
         let chunk = |delta: Delta, finish_reason: Option<String>| ChatChunk {
             id: id.clone(),

@@ -23,7 +23,7 @@ use serde_json::{Map, Value};
 
 use super::{
     AttemptError, ChatReply, ChunkStream, HttpClient, Provider, RawChunk, StreamFault, StreamItem,
-    body_with, error_chain, key_from_env, max_upstream_body, parse_completion, post_json,
+    Whole, body_with, check_completion, error_chain, key_from_env, max_upstream_body, post_json,
     read_body, send_ok,
 };
 use crate::chat::splice::{self, Edit};
@@ -105,11 +105,8 @@ impl OpenAi {
         if !req.stream {
             let bytes =
                 read_body(&mut incoming, provider.idle_timeout, max_upstream_body()).await?;
-            let completion = parse_completion(&bytes)?;
-            return Ok(ChatReply::Complete(
-                Box::new(completion),
-                Some(Bytes::from(bytes)),
-            ));
+            let raw = check_completion(Bytes::from(bytes))?;
+            return Ok(ChatReply::Complete(Whole::Raw(raw)));
         }
         let mut reader = ChunkReader::new(incoming, provider.idle_timeout);
         match reader.next().await {
