@@ -17,13 +17,9 @@ cd "$(dirname "$0")/.."
 root=$PWD
 n=${N:-300}
 
-if ! command -v valgrind >/dev/null; then
-    echo "installing valgrind (Debian package)" >&2
-    (apt-get install -y valgrind >/dev/null 2>&1 || (apt-get update >/dev/null && apt-get install -y valgrind >/dev/null)) ||
-        { echo "cannot install valgrind; run as root or install it" >&2; exit 1; }
-fi
-cargo build --release --locked -p weir -p weir-testkit --bins >&2
-./dev.sh policies >&2
+source bench/common.sh
+need_debian valgrind valgrind "to count instructions"
+build_all
 
 work=$(mktemp -d)
 pids=()

@@ -15,14 +15,10 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
-if ! command -v nginx >/dev/null; then
-    echo "installing nginx (Debian package) for the reference proxy" >&2
-    (apt-get install -y nginx >/dev/null 2>&1 || (apt-get update >/dev/null && apt-get install -y nginx >/dev/null)) ||
-        { echo "cannot install nginx; run as root or install it" >&2; exit 1; }
-fi
+source bench/common.sh
+need_debian nginx nginx "for the reference proxy"
 
-cargo build --release --locked -p weir -p weir-testkit --bins >&2
-./dev.sh policies >&2
+build_all
 
 # Pin the proxies to CPU 1 and the mock + load generator to CPU 0 so the
 # processes under test do not fight the load for a core (2-core machine).
