@@ -529,6 +529,42 @@ async fn guest_stdout_goes_to_the_log() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_instance_logs_its_output_with_the_request_it_serves() {
+    let up = MockUpstream::start().await;
+    up.set_default(Reply::Chat(Chat::echo(3)));
+    let extra = entry(
+        "hostile",
+        &guest("hostile"),
+        true,
+        "{}",
+        "reuse_instances = 10",
+    );
+    let gw = start(&config(&up, &extra));
+    let url = gw.url("/v1/chat/completions");
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let r = post_json(&url, &chat_body("HOSTILE:print"), None).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        ids.push(r.header("x-weir-request-id").unwrap().to_string());
+    }
+    // Every request's stdout line carries that request's id, also when
+    // the instance (and its open stdout stream) served an earlier one.
+    for id in &ids {
+        gw.wait_for_log(
+            &format!("\"request_id\":\"{id}\",\"stream\":\"stdout\""),
+            Duration::from_secs(5),
+        );
+    }
+    let printed = gw
+        .logs()
+        .iter()
+        .filter(|l| l.contains("says hello on stdout"))
+        .count();
+    // Once for the request, once for its echo in the answer.
+    assert_eq!(printed, 6, "{}", gw.logs().join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_instance_pool_answers_503() {
     let up = MockUpstream::start().await;
     up.set_default(Reply::Chat(

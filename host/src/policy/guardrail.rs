@@ -358,7 +358,7 @@ impl GuardChain {
                 .flatten();
             if let Some(idle) = reused {
                 let mut store = idle.store;
-                store.data_mut().request_id = request_id.clone();
+                store.data_mut().serve(request_id.clone());
                 guard.live = Some(Live {
                     store,
                     bindings: idle.bindings,

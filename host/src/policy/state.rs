@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use parking_lot::Mutex;
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
@@ -39,7 +40,11 @@ pub struct PolicyMeta {
 /// One instance's store data.
 pub struct PolicyState {
     pub(super) meta: Arc<PolicyMeta>,
-    pub(super) request_id: Arc<str>,
+    request_id: Arc<str>,
+    /// The request id the guest's stdout and stderr log with, shared with
+    /// their streams (an instance reused for a later request logs its id);
+    /// made with the WASI context.
+    stdio_request: Option<Arc<Mutex<Arc<str>>>>,
     /// Built on the guest's first WASI call: most guests make none on a
     /// request, and building one per store cost ~0.5 µs of each instance.
     wasi: Option<WasiCtx>,
@@ -52,6 +57,14 @@ pub struct PolicyState {
 }
 
 impl PolicyState {
+    /// The request this (reused) instance serves from now on.
+    pub fn serve(&mut self, request_id: Arc<str>) {
+        if let Some(cell) = &self.stdio_request {
+            *cell.lock() = request_id.clone();
+        }
+        self.request_id = request_id;
+    }
+
     /// Fresh state for one instance of `meta`, serving `request_id`, keeping
     /// the epoch ticker on.
     pub fn new(meta: Arc<PolicyMeta>, request_id: Arc<str>, ticking: Ticking) -> Self {
@@ -66,6 +79,7 @@ impl PolicyState {
         PolicyState {
             meta,
             request_id,
+            stdio_request: None,
             wasi: None,
             table: ResourceTable::new(),
             limits,
@@ -104,7 +118,7 @@ impl PolicyState {
 
 /// The locked-down WASI a guest gets: no preopens, environment, sockets
 /// or name lookups; stdout and stderr go to the log.
-fn locked_down_wasi(policy: &Arc<str>, request_id: &Arc<str>) -> WasiCtx {
+fn locked_down_wasi(policy: &Arc<str>, request_id: &Arc<Mutex<Arc<str>>>) -> WasiCtx {
     let out = LogOutput {
         policy: policy.clone(),
         request_id: request_id.clone(),
@@ -126,10 +140,12 @@ fn locked_down_wasi(policy: &Arc<str>, request_id: &Arc<str>) -> WasiCtx {
 impl WasiView for PolicyState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         let (policy, request_id) = (&self.meta.name, &self.request_id);
+        let stdio = &mut self.stdio_request;
         WasiCtxView {
-            ctx: self
-                .wasi
-                .get_or_insert_with(|| locked_down_wasi(policy, request_id)),
+            ctx: self.wasi.get_or_insert_with(|| {
+                let cell = stdio.insert(Arc::new(Mutex::new(request_id.clone())));
+                locked_down_wasi(policy, cell)
+            }),
             table: &mut self.table,
         }
     }
@@ -227,7 +243,7 @@ fn truncate(s: &str, max: usize) -> &str {
 #[derive(Clone)]
 struct LogOutput {
     policy: Arc<str>,
-    request_id: Arc<str>,
+    request_id: Arc<Mutex<Arc<str>>>,
     stream: &'static str,
 }
 
@@ -265,9 +281,10 @@ impl LogStream {
         self.lines += 1;
         if self.lines <= MAX_STDIO_LINES {
             let text = String::from_utf8_lossy(&self.line);
+            let request_id = self.out.request_id.lock().clone();
             tracing::info!(
                 policy = &*self.out.policy,
-                request_id = &*self.out.request_id,
+                request_id = &*request_id,
                 stream = self.out.stream,
                 "{}",
                 truncate(text.trim_end(), MAX_LOG_BYTES)
