@@ -1,6 +1,15 @@
 //! The command line (SPEC §2). Exit codes: 0 ok, 1 runtime failure, 2 bad
 //! usage or invalid config.
 
+/// `println!` that does not panic when stdout is gone (`weir policy
+/// inspect x.wasm | head`): the output simply stops.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 mod policy_test;
 
 use std::path::{Path, PathBuf};
@@ -167,7 +176,7 @@ fn check(path: &Path) -> ExitCode {
     });
     match loaded {
         Ok(Ok(_)) => {
-            println!(
+            say!(
                 "{}: ok ({} providers, {} models, {} keys, {} policies)",
                 path.display(),
                 config.providers.len(),

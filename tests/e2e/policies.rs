@@ -730,6 +730,17 @@ fn policy_inspect_and_policy_test() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("weir:policy/guardrail-policy"), "{out}");
     assert!(out.contains("weir:policy/host@0.1.0"), "{out}");
+    // Output into a closed pipe (`… | head`) ends quietly, no panic.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let closed = std::process::Command::new(bin())
+        .args(["policy", "inspect", pii.to_str().unwrap()])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&closed.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(closed.status.code(), Some(0), "{err}");
     std::fs::write(dir.path().join("core.wasm"), b"\0asm\x01\0\0\0").unwrap();
     let (code, _, err) = run(bin(), &["policy", "inspect", "core.wasm"], dir.path());
     assert_eq!(code, 2, "{err}");

@@ -73,30 +73,30 @@ pub fn inspect(file: &Path, json: bool) -> ExitCode {
     };
     let report = inspect_component(runtime.engine(), &component, &bytes);
     if json {
-        println!(
+        say!(
             "{}",
             serde_json::to_string_pretty(&report).unwrap_or_default()
         );
         return ExitCode::SUCCESS;
     }
-    println!("{}", file.display());
-    println!("  size:    {} bytes", report.size_bytes);
-    println!("  digest:  {}", report.digest);
+    say!("{}", file.display());
+    say!("  size:    {} bytes", report.size_bytes);
+    say!("  digest:  {}", report.digest);
     if report.worlds.is_empty() {
-        println!("  worlds:  none (exports no weir:policy interface)");
+        say!("  worlds:  none (exports no weir:policy interface)");
     } else {
-        println!("  worlds:  {}", report.worlds.join(", "));
+        say!("  worlds:  {}", report.worlds.join(", "));
     }
-    println!("  exports:");
+    say!("  exports:");
     for e in &report.exports {
-        println!("    {e}");
+        say!("    {e}");
     }
-    println!("  imports:");
+    say!("  imports:");
     for i in &report.imports {
-        println!("    {i}");
+        say!("    {i}");
     }
     for u in &report.unsatisfiable {
-        println!("  warning: weir cannot satisfy the import {u}");
+        say!("  warning: weir cannot satisfy the import {u}");
     }
     ExitCode::SUCCESS
 }
@@ -179,7 +179,7 @@ pub fn run(file: &Path, cases_path: &Path, policy_config: &str) -> ExitCode {
             let outcome = match run_case(&runtime, &policy, case, &ctx).await {
                 Ok(o) => o,
                 Err(e) => {
-                    println!("ERROR {label}: {e}");
+                    say!("ERROR {label}: {e}");
                     failures += 1;
                     continue;
                 }
@@ -204,16 +204,17 @@ pub fn run(file: &Path, cases_path: &Path, policy_config: &str) -> ExitCode {
                 ));
             }
             let status = if problems.is_empty() { "ok  " } else { "FAIL" };
-            println!(
+            say!(
                 "{status} {label}: {} — {}",
-                outcome.decision, outcome.detail
+                outcome.decision,
+                outcome.detail
             );
             for p in &problems {
-                println!("     {p}");
+                say!("     {p}");
             }
             failures += usize::from(!problems.is_empty());
         }
-        println!("{} cases, {failures} failed", cases.len());
+        say!("{} cases, {failures} failed", cases.len());
         if failures == 0 {
             ExitCode::SUCCESS
         } else {
