@@ -302,15 +302,17 @@ async fn guardrails_compose_in_order_each_seeing_the_previous_rewrite() {
 
 /// A gateway with the hostile guest; `on_error` as given.
 async fn hostile(on_error: &str) -> (MockUpstream, Gateway) {
+    hostile_with(&format!(
+        "on_error = \"{on_error}\"\ntimeout_ms = 200\nmemory_mb = 16"
+    ))
+    .await
+}
+
+/// A gateway with the hostile guest (echoing upstream) and these settings.
+async fn hostile_with(settings: &str) -> (MockUpstream, Gateway) {
     let up = MockUpstream::start().await;
     up.set_default(Reply::Chat(Chat::echo(3)));
-    let extra = entry(
-        "hostile",
-        &guest("hostile"),
-        true,
-        "{}",
-        &format!("on_error = \"{on_error}\"\ntimeout_ms = 200\nmemory_mb = 16"),
-    );
+    let extra = entry("hostile", &guest("hostile"), true, "{}", settings);
     let gw = start(&config(&up, &extra));
     (up, gw)
 }
@@ -530,16 +532,7 @@ async fn guest_stdout_goes_to_the_log() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reused_instance_logs_its_output_with_the_request_it_serves() {
-    let up = MockUpstream::start().await;
-    up.set_default(Reply::Chat(Chat::echo(3)));
-    let extra = entry(
-        "hostile",
-        &guest("hostile"),
-        true,
-        "{}",
-        "reuse_instances = 10",
-    );
-    let gw = start(&config(&up, &extra));
+    let (_up, gw) = hostile_with("reuse_instances = 10").await;
     let url = gw.url("/v1/chat/completions");
     let mut ids = Vec::new();
     for _ in 0..3 {
