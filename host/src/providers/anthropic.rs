@@ -575,7 +575,7 @@ enum Block {
 
 /// A whole Messages API answer → a chat completion.
 pub fn translate_response(bytes: &[u8], model: &str) -> Result<ChatCompletion, AttemptError> {
-    let message: Message = serde_json::from_slice(bytes)
+    let message: Message = crate::chat::from_json(bytes)
         .map_err(|e| AttemptError::Malformed(format!("not an anthropic message: {e}")))?;
     if message.kind != "message" {
         return Err(AttemptError::Malformed(format!(

@@ -847,7 +847,7 @@ pub fn translate_response(
     model: &str,
     ids: &mut ToolIds,
 ) -> Result<ChatCompletion, AttemptError> {
-    let response: GenerateResponse = serde_json::from_slice(bytes)
+    let response: GenerateResponse = crate::chat::from_json(bytes)
         .map_err(|e| AttemptError::Malformed(format!("not a gemini response: {e}")))?;
     if response.candidates.is_empty() {
         if let Some(failure) = response
@@ -1119,7 +1119,7 @@ fn embeddings_response(
     struct Embedding {
         values: Vec<f32>,
     }
-    let batch: Batch = serde_json::from_slice(bytes)
+    let batch: Batch = crate::chat::from_json(bytes)
         .map_err(|e| AttemptError::Malformed(format!("not a gemini embeddings response: {e}")))?;
     if batch.embeddings.len() != inputs.len() {
         return Err(AttemptError::Malformed(format!(

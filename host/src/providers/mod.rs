@@ -563,7 +563,7 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// Parse a non-streamed completion, or explain why it is not one.
 pub fn parse_completion(bytes: &[u8]) -> Result<ChatCompletion, AttemptError> {
-    serde_json::from_slice::<ChatCompletion>(bytes)
+    crate::chat::from_json::<ChatCompletion>(bytes)
         .map_err(|e| AttemptError::Malformed(format!("not a chat completion: {e}")))
 }
 
@@ -656,7 +656,7 @@ pub fn check_completion(bytes: Bytes) -> Result<RawCompletion, AttemptError> {
         reasoning_tokens: Option<u64>,
     }
 
-    let Obj(lite): Obj<Lite> = serde_json::from_slice(&bytes)
+    let Obj(lite): Obj<Lite> = crate::chat::from_json(&bytes)
         .map_err(|e| AttemptError::Malformed(format!("not a chat completion: {e}")))?;
     let content_bytes = lite
         .choices

@@ -139,7 +139,7 @@ impl OpenAi {
         )?;
         let mut incoming = send_ok(client, provider, request).await?;
         let bytes = read_body(&mut incoming, provider.idle_timeout, max_upstream_body()).await?;
-        match serde_json::from_slice::<Value>(&bytes) {
+        match crate::chat::from_json::<Value>(&bytes) {
             Ok(v @ Value::Object(_)) if v.get("data").is_some_and(Value::is_array) => Ok(v),
             _ => Err(AttemptError::Malformed("not an embeddings response".into())),
         }
@@ -355,14 +355,14 @@ fn read_raw(event: SseEvent) -> Result<RawChunk, SseEvent> {
     let usage = match members.value(data, 1) {
         None => None,
         Some(v) if is_null(v) => None,
-        Some(v) => match serde_json::from_slice::<crate::chat::Usage>(v) {
+        Some(v) => match crate::chat::from_json::<crate::chat::Usage>(v) {
             Ok(usage) => Some(usage),
             Err(_) => return Err(event),
         },
     };
     let choices: Vec<LiteChoice> = match members.value(data, 2) {
         None => Vec::new(),
-        Some(v) => match serde_json::from_slice(v) {
+        Some(v) => match crate::chat::from_json(v) {
             Ok(choices) => choices,
             Err(_) => return Err(event),
         },
