@@ -157,10 +157,23 @@ pub struct RequestLog {
     handed_off: bool,
 }
 
+/// `req_` and 24 random hex digits (written by hand: `format!` is a tenth
+/// of a request's bookkeeping).
+fn request_id() -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bits = (u128::from(fastrand::u64(..)) << 32) | u128::from(fastrand::u32(..));
+    let mut id = String::with_capacity(28);
+    id.push_str("req_");
+    for digit in (0..24).rev() {
+        id.push(char::from(HEX[((bits >> (4 * digit)) & 0xf) as usize]));
+    }
+    id
+}
+
 impl RequestLog {
     fn new(route: &'static str) -> Self {
         RequestLog {
-            id: format!("req_{:016x}{:08x}", fastrand::u64(..), fastrand::u32(..)),
+            id: request_id(),
             route,
             start: Instant::now(),
             key: None,
@@ -765,6 +778,28 @@ fn usd(micro: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids_are_req_and_24_hex_digits_and_differ() {
+        let ids: Vec<String> = (0..64).map(|_| request_id()).collect();
+        for id in &ids {
+            let digits = id.strip_prefix("req_").unwrap();
+            assert_eq!(digits.len(), 24, "{id}");
+            assert!(
+                digits
+                    .bytes()
+                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+                "{id}"
+            );
+        }
+        let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+        // Every digit position takes more than one value.
+        for i in 4..28 {
+            let at: std::collections::HashSet<u8> = ids.iter().map(|id| id.as_bytes()[i]).collect();
+            assert!(at.len() > 1, "digit {i} never changes");
+        }
+    }
 
     #[test]
     fn price_rounds_to_micro_usd() {

@@ -697,12 +697,16 @@ pub const fn max_upstream_body() -> usize {
 
 /// Build a JSON POST to an upstream; `headers` carry the auth (sensitive
 /// values stay out of logs and `Debug`).
-pub fn post_json(
-    uri: &str,
+pub fn post_json<U>(
+    uri: U,
     body: Vec<u8>,
     stream: bool,
     headers: &[(&HeaderName, &HeaderValue)],
-) -> Result<http::Request<Full<Bytes>>, AttemptError> {
+) -> Result<http::Request<Full<Bytes>>, AttemptError>
+where
+    http::Uri: TryFrom<U>,
+    <http::Uri as TryFrom<U>>::Error: Into<http::Error>,
+{
     let mut builder = http::Request::builder()
         .method(http::Method::POST)
         .uri(uri)

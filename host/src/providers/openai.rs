@@ -40,13 +40,18 @@ pub struct OpenAi {
     auth: Option<(HeaderName, HeaderValue)>,
     /// Azure OpenAI's `api-version`; `None` for plain OpenAI URLs.
     azure_api_version: Option<String>,
+    /// The chat completions URL, parsed once where it does not depend on
+    /// the model (not Azure's).
+    chat_uri: Option<http::Uri>,
 }
 
 impl OpenAi {
     /// From a validated provider config.
     pub fn new(p: &ProviderConfig) -> OpenAi {
+        let base = base(p);
         OpenAi {
-            base: base(p),
+            chat_uri: format!("{base}/chat/completions").parse().ok(),
+            base,
             auth: key_from_env(p.api_key_env.as_deref(), "Bearer ").map(|v| (AUTHORIZATION, v)),
             azure_api_version: None,
         }
@@ -63,6 +68,7 @@ impl OpenAi {
                     .clone()
                     .unwrap_or_else(|| DEFAULT_AZURE_API_VERSION.into()),
             ),
+            chat_uri: None,
         }
     }
 
@@ -89,7 +95,12 @@ impl OpenAi {
             .iter()
             .map(|(name, value)| (name, value))
             .collect();
-        post_json(&self.url(operation, model), body, stream, &auth)
+        match &self.chat_uri {
+            Some(uri) if operation == "chat/completions" => {
+                post_json(uri.clone(), body, stream, &auth)
+            }
+            _ => post_json(self.url(operation, model), body, stream, &auth),
+        }
     }
 
     pub(super) async fn chat(
