@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Instructions per request through the real gateway, counted by valgrind's
-# callgrind: deterministic (the same binary and requests give the same
-# count whatever else the machine does), so a change's effect shows even
-# where bench/run.sh's timings are noise. Kernel time (syscalls, page
+# callgrind: nearly deterministic (the same binary and requests give the
+# same count within ~1 % for plain requests whatever else the machine does;
+# streams within ~4 %, as how many upstream chunks arrive per wake-up
+# depends on load), so a change's effect shows even where bench/run.sh's
+# timings are noise. Kernel time (syscalls, page
 # resets, wake-ups) is not counted; bench/run.sh measures that.
 #
 #   bench/instructions.sh            # the rows below, N=300 requests each
