@@ -114,8 +114,17 @@ impl Members {
 
     /// The value (JSON text) of the `i`th key scanned for, if present.
     pub fn value<'j>(&self, json: &'j [u8], i: usize) -> Option<&'j [u8]> {
-        let member = self.members.get((*self.found.get(i)?)?)?;
-        json.get(member.value.clone())
+        json.get(self.range(i)?)
+    }
+
+    /// [`Members::value`] of text scanned as `json.as_bytes()`: a slice of
+    /// the text, so it needs no second UTF-8 check.
+    pub fn value_str<'j>(&self, json: &'j str, i: usize) -> Option<&'j str> {
+        json.get(self.range(i)?)
+    }
+
+    fn range(&self, i: usize) -> Option<Range<usize>> {
+        Some(self.members.get((*self.found.get(i)?)?)?.value.clone())
     }
 
     /// `json` with `edits` applied; their keys are the keys scanned for, in

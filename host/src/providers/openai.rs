@@ -40,17 +40,36 @@ pub struct OpenAi {
     auth: Option<(HeaderName, HeaderValue)>,
     /// Azure OpenAI's `api-version`; `None` for plain OpenAI URLs.
     azure_api_version: Option<String>,
-    /// The chat completions URL, parsed once where it does not depend on
-    /// the model (not Azure's).
-    chat_uri: Option<http::Uri>,
+    /// Each operation's URL, parsed once, where it does not depend on the
+    /// model (not Azure's).
+    fixed_uris: Option<[http::Uri; 2]>,
+}
+
+/// What an OpenAI-style upstream is asked to do.
+#[derive(Debug, Clone, Copy)]
+enum Operation {
+    Chat = 0,
+    Embeddings = 1,
+}
+
+impl Operation {
+    fn path(self) -> &'static str {
+        match self {
+            Operation::Chat => "chat/completions",
+            Operation::Embeddings => "embeddings",
+        }
+    }
 }
 
 impl OpenAi {
     /// From a validated provider config.
     pub fn new(p: &ProviderConfig) -> OpenAi {
         let base = base(p);
+        let uri = |op: Operation| format!("{base}/{}", op.path()).parse().ok();
         OpenAi {
-            chat_uri: format!("{base}/chat/completions").parse().ok(),
+            fixed_uris: uri(Operation::Chat)
+                .zip(uri(Operation::Embeddings))
+                .map(<[_; 2]>::from),
             base,
             auth: key_from_env(p.api_key_env.as_deref(), "Bearer ").map(|v| (AUTHORIZATION, v)),
             azure_api_version: None,
@@ -68,16 +87,18 @@ impl OpenAi {
                     .clone()
                     .unwrap_or_else(|| DEFAULT_AZURE_API_VERSION.into()),
             ),
-            chat_uri: None,
+            fixed_uris: None,
         }
     }
 
-    /// The URL of `operation` (`chat/completions`, `embeddings`) for `model`.
-    fn url(&self, operation: &str, model: &str) -> String {
+    /// The URL of `operation` for `model`, as text (Azure's, or one that
+    /// did not parse: the request builder reports it).
+    fn url(&self, operation: Operation, model: &str) -> String {
+        let path = operation.path();
         match &self.azure_api_version {
-            None => format!("{}/{operation}", self.base),
+            None => format!("{}/{path}", self.base),
             Some(version) => format!(
-                "{}/openai/deployments/{model}/{operation}?api-version={version}",
+                "{}/openai/deployments/{model}/{path}?api-version={version}",
                 self.base
             ),
         }
@@ -85,7 +106,7 @@ impl OpenAi {
 
     fn request(
         &self,
-        operation: &str,
+        operation: Operation,
         model: &str,
         body: Vec<u8>,
         stream: bool,
@@ -95,11 +116,9 @@ impl OpenAi {
             .iter()
             .map(|(name, value)| (name, value))
             .collect();
-        match &self.chat_uri {
-            Some(uri) if operation == "chat/completions" => {
-                post_json(uri.clone(), body, stream, &auth)
-            }
-            _ => post_json(self.url(operation, model), body, stream, &auth),
+        match &self.fixed_uris {
+            Some(uris) => post_json(uris[operation as usize].clone(), body, stream, &auth),
+            None => post_json(self.url(operation, model), body, stream, &auth),
         }
     }
 
@@ -111,7 +130,7 @@ impl OpenAi {
         model: &str,
     ) -> Result<ChatReply, AttemptError> {
         let body = chat_body(req, model);
-        let request = self.request("chat/completions", model, body, req.stream)?;
+        let request = self.request(Operation::Chat, model, body, req.stream)?;
         let mut incoming = send_ok(client, provider, request).await?;
         if !req.stream {
             let bytes =
@@ -143,7 +162,7 @@ impl OpenAi {
     ) -> Result<Value, AttemptError> {
         let model_value = Value::String(model.to_string());
         let request = self.request(
-            "embeddings",
+            Operation::Embeddings,
             model,
             body_with(body, &[("model", &model_value)]),
             false,
@@ -363,17 +382,17 @@ fn read_raw(event: SseEvent) -> Result<RawChunk, SseEvent> {
     if members.value(data, 3).is_some_and(|v| !is_null(v)) {
         return Err(event);
     }
-    let usage = match members.value(data, 1) {
+    let usage = match members.value_str(&event.data, 1) {
         None => None,
-        Some(v) if is_null(v) => None,
-        Some(v) => match crate::chat::from_json::<crate::chat::Usage>(v) {
+        Some("null") => None,
+        Some(v) => match serde_json::from_str::<crate::chat::Usage>(v) {
             Ok(usage) => Some(usage),
             Err(_) => return Err(event),
         },
     };
-    let choices: Vec<LiteChoice> = match members.value(data, 2) {
+    let choices: Vec<LiteChoice> = match members.value_str(&event.data, 2) {
         None => Vec::new(),
-        Some(v) => match crate::chat::from_json(v) {
+        Some(v) => match serde_json::from_str(v) {
             Ok(choices) => choices,
             Err(_) => return Err(event),
         },
