@@ -45,13 +45,10 @@ struct Term {
 #[derive(Debug, Clone, Default)]
 pub struct Keywords {
     terms: Vec<Term>,
-    /// First characters of the terms: ASCII as a table (wasm has no 128-bit
-    /// shifts: a `u128` bitmap made building the matcher a few µs per
-    /// instance), the rest listed.
-    first_ascii: FirstAscii,
-    first_other: Vec<char>,
-    /// Where terms may start in a text.
+    /// Where terms may start in a text, which knows the ASCII first
+    /// characters of the terms; the others are listed here.
     starts: Starts,
+    first_other: Vec<char>,
     /// The longest term, in characters.
     longest: usize,
     /// Some term doesn't start with a word character, so may start
@@ -147,24 +144,22 @@ struct Starts {
     /// `b | or == want` in each byte (`or` is `0x20` for a letter, so
     /// both cases match).
     wide: Vec<(u64, u64)>,
-    /// The same as a table, for [`Starts::next_by_table`].
-    table: Vec<bool>,
+    /// The same as a table (wasm has no 128-bit shifts: a `u128` bitmap
+    /// made building the matcher a few µs per instance), for
+    /// [`Starts::next_by_table`] and [`Keywords::may_start`]. Not a table
+    /// of all 256 bytes: building two of those was most of a fresh
+    /// instance's blocklist work, ~12k wasm instructions per request.
+    first_ascii: FirstAscii,
 }
 
 impl Starts {
-    fn new(first_ascii: &FirstAscii) -> Self {
-        let firsts = (0..128u8).filter(|&c| first_ascii.contains(c));
-        let wide = firsts
-            .clone()
-            .map(|c| {
-                let or = if c.is_ascii_lowercase() { 0x20 } else { 0 };
-                (ONES * or, ONES * u64::from(c))
-            })
-            .collect();
-        let table = (0..=255u8)
-            .map(|b| b >= 0x80 || first_ascii.contains(b.to_ascii_lowercase()))
-            .collect();
-        Self { wide, table }
+    /// Terms may start with `c` (folded, ASCII).
+    fn add(&mut self, c: u8) {
+        if !self.first_ascii.contains(c) {
+            self.first_ascii.0[usize::from(c)] = true;
+            let or = if c.is_ascii_lowercase() { 0x20 } else { 0 };
+            self.wide.push((ONES * or, ONES * u64::from(c)));
+        }
     }
 
     /// The first byte at or after `from` where a term may start;
@@ -207,7 +202,7 @@ impl Starts {
         let rest = b.get(from..).unwrap_or_default();
         from + rest
             .iter()
-            .position(|&byte| self.table.get(usize::from(byte)) == Some(&true))
+            .position(|&byte| byte >= 0x80 || self.first_ascii.contains(byte.to_ascii_lowercase()))
             .unwrap_or(rest.len())
     }
 }
@@ -235,7 +230,7 @@ impl Keywords {
             let last = term.chars().next_back().unwrap_or(first);
             let first = fold(first);
             if first.is_ascii() {
-                keywords.first_ascii.0[first as usize] = true;
+                keywords.starts.add(first as u8);
             } else if !keywords.first_other.contains(&first) {
                 keywords.first_other.push(first);
             }
@@ -247,7 +242,6 @@ impl Keywords {
                 word_end: is_word(last),
             });
         }
-        keywords.starts = Starts::new(&keywords.first_ascii);
         Ok(keywords)
     }
 
@@ -258,7 +252,7 @@ impl Keywords {
 
     fn may_start(&self, c: char) -> bool {
         if c.is_ascii() {
-            self.first_ascii.contains(c as u8)
+            self.starts.first_ascii.contains(c as u8)
         } else {
             self.first_other.contains(&c)
         }

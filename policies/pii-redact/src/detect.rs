@@ -162,6 +162,12 @@ pub fn find(text: &str, enabled: EntitySet) -> Vec<Match> {
 /// finds those eight bytes at a time, so prose runs at well under an
 /// instruction a byte. Each detector resumes after its own last match.
 pub fn candidates(text: &str, enabled: EntitySet) -> Vec<Match> {
+    scan_candidates::<false>(text, enabled)
+}
+
+/// [`candidates`], or with `EVERY_BYTE` the reference it must agree with:
+/// the same detectors tried at every byte, nothing skipped.
+fn scan_candidates<const EVERY_BYTE: bool>(text: &str, enabled: EntitySet) -> Vec<Match> {
     let b = text.as_bytes();
     let mut found = Vec::new();
     let on = |entity| enabled.contains(entity);
@@ -176,7 +182,21 @@ pub fn candidates(text: &str, enabled: EntitySet) -> Vec<Match> {
     let (mut next_card, mut next_ssn, mut next_phone, mut next_ip) = (0, 0, 0, 0);
     let (mut next_iban, mut next_token, mut next_pem) = (0, 0, 0);
     let mut i = 0;
-    while let Some(next) = next_start(b, i) {
+    let next = |i: usize| {
+        if EVERY_BYTE {
+            (i < b.len()).then_some(i)
+        } else {
+            next_start(b, i)
+        }
+    };
+    let skip = |i: usize| {
+        if EVERY_BYTE {
+            i
+        } else {
+            skip_digits_and_capitals(b, i)
+        }
+    };
+    while let Some(next) = next(i) {
         i = next;
         match b[i] {
             b'0'..=b'9' => {
@@ -209,6 +229,10 @@ pub fn candidates(text: &str, enabled: EntitySet) -> Vec<Match> {
                     push(&mut found, i..end, Entity::Phone, false);
                     next_phone = end;
                 }
+                // No entity starts right after a letter or digit, so the
+                // digits and capitals that follow this one, each of which
+                // next_start would stop at, are skipped in one go.
+                i = skip(i);
             }
             b'+' | b'(' => {
                 if on(Entity::Phone)
@@ -236,6 +260,7 @@ pub fn candidates(text: &str, enabled: EntitySet) -> Vec<Match> {
                     push(&mut found, i..end, Entity::Secret, false);
                     next_token = end;
                 }
+                i = skip(i);
             }
             b's' | b'g' => {
                 if on(Entity::Secret)
@@ -267,6 +292,20 @@ pub fn candidates(text: &str, enabled: EntitySet) -> Vec<Match> {
         i += 1;
     }
     found
+}
+
+/// The last of the digits and capitals from `i` on (`i` itself if the next
+/// byte is neither): in `tok0042` or `HTTP` no entity starts after the
+/// first, as every detector wants something other than a letter or digit
+/// before an entity.
+fn skip_digits_and_capitals(b: &[u8], mut i: usize) -> usize {
+    while b
+        .get(i + 1)
+        .is_some_and(|c| c.is_ascii_digit() || c.is_ascii_uppercase())
+    {
+        i += 1;
+    }
+    i
 }
 
 /// The first byte at or after `from` that may start an entity: a byte of
@@ -821,6 +860,32 @@ fn ipv4_at(b: &[u8], i: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// Skipping to the bytes that can start an entity finds exactly
+        /// what trying every byte finds.
+        #[test]
+        fn candidates_equal_trying_every_byte(
+            parts in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "tok0042", "HTTP", "4111 1111 1111 1111", "4111111111111111",
+                    "123-45-6789", "192.168.0.1", "+1 415 555 0100", "(415) 555-0100",
+                    "GB82 WEST 1234 5698 7654 32", "GB82WEST12345698765432",
+                    "sk-proj-abcdefghijklmnopqrstuvwxyz0123", "AKIAIOSFODNN7EXAMPLE",
+                    "ghp_16C7e42F292c6912E7710c838347Ae178B4a", "-----BEGIN PRIVATE KEY-----",
+                    "a@b.co", "john@example.com", "x", "ID", "9", "Zz", "é", " ", "-", ".",
+                    "+", "(", ")", "@", "_", ":",
+                ]),
+                1..12,
+            ),
+        ) {
+            let text: String = parts.concat();
+            proptest::prop_assert_eq!(
+                candidates(&text, EntitySet::all()),
+                scan_candidates::<true>(&text, EntitySet::all())
+            );
+        }
+    }
 
     fn redacted(text: &str) -> String {
         redact(text, EntitySet::all()).0

@@ -135,7 +135,9 @@ pub fn hold_start(text: &str, matches: &[Match]) -> usize {
     // isn't: "WEST 1234 5" is no IBAN, but "GB82 WEST 1234 5" may be.
     let mut p = cut;
     for _ in 0..16 {
-        if p < 2 || b[p - 1] != b' ' || !is_token_byte(b[p - 2]) {
+        // A group further back than SPACED_MAX from the end starts a
+        // suffix too long to be viable, and so does every group before it.
+        if p < 2 || b[p - 1] != b' ' || !is_token_byte(b[p - 2]) || b.len() - p > SPACED_MAX {
             break;
         }
         let group = token_start(text, p - 1);
@@ -181,6 +183,9 @@ const SPACED_MAX: usize = 64;
 /// separators. The detectors take the longest valid *prefix* of such a run,
 /// so how many digits follow doesn't matter, only that the run is live.
 fn viable_number(s: &[u8]) -> bool {
+    if s.len() > SPACED_MAX {
+        return false;
+    }
     let first_ok = matches!(s.first(), Some(b'+' | b'(' | b'0'..=b'9'));
     let mut prev_sep = false;
     for (n, &c) in s.iter().enumerate() {
@@ -196,14 +201,18 @@ fn viable_number(s: &[u8]) -> bool {
             _ => return false,
         }
     }
-    first_ok && s.len() <= SPACED_MAX
+    first_ok
 }
 
 /// Could `s` start with a spaced IBAN: two capital letters and two digits,
 /// then groups of capitals and digits.
 fn viable_iban(s: &[u8]) -> bool {
     // Called for every trailing group of every streamed delta, so it
-    // doesn't collect the characters into a vector.
+    // doesn't collect the characters into a vector, and checks the cheap
+    // conditions first.
+    if s.len() > SPACED_MAX {
+        return false;
+    }
     let mut chars = s.iter().filter(|c| **c != b' ');
     let head_ok = chars.clone().take(4).enumerate().all(|(n, c)| {
         if n < 2 {
@@ -212,9 +221,10 @@ fn viable_iban(s: &[u8]) -> bool {
             c.is_ascii_digit()
         }
     });
-    let body_ok = chars.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
-    let spaces_ok = !s.windows(2).any(|w| w == b"  ") && s.get(4).is_none_or(|c| *c == b' ');
-    head_ok && body_ok && spaces_ok && s.len() <= SPACED_MAX
+    head_ok
+        && chars.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+        && s.get(4).is_none_or(|c| *c == b' ')
+        && !s.windows(2).any(|w| w == b"  ")
 }
 
 /// If `text` ends inside an unfinished PEM private key header
