@@ -530,6 +530,55 @@ async fn guest_stdout_goes_to_the_log() {
     );
 }
 
+/// A Rust policy built with the SDK imports no WASI (the SDK answers
+/// wasi-libc's stdio, environment and exit inside the component), yet its
+/// stdout and stderr lines and its panic messages still reach the log,
+/// tagged with the policy and the request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sdk_policy_imports_no_wasi_and_its_output_and_panics_are_logged() {
+    let wasm = guest("sdk-stdio");
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, err) = run(
+        bin(),
+        &["policy", "inspect", wasm.to_str().unwrap()],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("weir:policy/host@0.1.0"), "{out}");
+    assert!(!out.contains("wasi:"), "{out}");
+
+    let up = MockUpstream::start().await;
+    up.set_default(Reply::Chat(Chat::echo(3)));
+    let extra = entry("sdk", &wasm, true, "{}", "on_error = \"deny\"");
+    let gw = start(&config(&up, &extra));
+    let url = gw.url("/v1/chat/completions");
+    let r = post_json(&url, &chat_body("SDK:print"), None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.header("x-weir-request-id").unwrap().to_string();
+    for (line, level) in [
+        ("sdk guardrail says hello on stdout", "INFO"),
+        ("sdk guardrail says hello on stderr", "WARN"),
+    ] {
+        let logged = gw.wait_for_log(line, Duration::from_secs(5));
+        assert!(logged.contains("\"policy\":\"sdk\""), "{logged}");
+        assert!(
+            logged.contains(&format!("\"request_id\":\"{id}\"")),
+            "{logged}"
+        );
+        assert!(logged.contains(level), "{logged}");
+    }
+    // One event per line, although the guest wrote it in two pieces.
+    let stderr_lines = gw.logs().iter().filter(|l| l.contains("on stderr")).count();
+    assert_eq!(stderr_lines, 1, "{}", gw.logs().join("\n"));
+
+    let r = post_json(&url, &chat_body("SDK:panic"), None).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.error_code(), "policy_error");
+    gw.wait_for_log("sdk guardrail panics on purpose", Duration::from_secs(5));
+    let r = post_json(&url, &chat_body("hello"), None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reused_instance_logs_its_output_with_the_request_it_serves() {
     let (_up, gw) = hostile_with("reuse_instances = 10").await;

@@ -131,6 +131,16 @@
 //! }
 //! ```
 //!
+//! - Import nothing you don't use. Rust's standard library reaches
+//!   `wasi:cli` and `wasi:io` (19 functions) for its print and panic
+//!   machinery even in a policy that never prints, and wasmtime sets up
+//!   every import on each instantiation. The SDK answers those inside the
+//!   component, so a policy built with it imports only `weir:policy`:
+//!   `println!` and `eprintln!` lines go to the gateway's log through
+//!   [`log`] (info and warn; so does a panic's message), the environment is
+//!   empty, stdin is closed. The SDK's `wasi-stdio` feature imports the
+//!   real interfaces instead (the gateway's locked-down WASI).
+//!
 //! # Testing natively
 //!
 //! Off `wasm32` the host functions read stand-ins from [`testing`], and
@@ -157,6 +167,13 @@ mod pricing;
 mod router;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
+#[cfg(all(
+    target_arch = "wasm32",
+    target_os = "wasi",
+    target_env = "p2",
+    not(feature = "wasi-stdio")
+))]
+mod wasi_stdio;
 
 pub use bindings::guardrail::weir::policy::types::{
     ChatRequest, Message, PolicyError, Rejection, RequestInfo, Role, ToolCall, ToolDefinition,
