@@ -150,6 +150,25 @@ struct Starts {
     /// of all 256 bytes: building two of those was most of a fresh
     /// instance's blocklist work, ~12k wasm instructions per request.
     first_ascii: FirstAscii,
+    /// No term starts with anything but a word character, so a first
+    /// character right after an ASCII word character starts nothing and
+    /// is not stopped at ("the" is no start for "heck").
+    word_starts_only: bool,
+    /// Tests: stop at every byte, the reference the skipping must match.
+    #[cfg(test)]
+    every_byte: bool,
+}
+
+/// Bit 7 set in each byte of `p` that is an ASCII word character
+/// (`[0-9A-Za-z_]`); the other bits are meaningless.
+fn word_lanes(p: u64) -> u64 {
+    // With bit 7 of each byte of `y` clear, `y + (0x80 - lo)` sets bit 7
+    // where the byte is at least `lo` and never carries into the next.
+    let y = p & LOW7;
+    let at_least = |lo: u8| y + ONES * u64::from(0x80 - lo);
+    let within = |lo: u8, hi: u8| at_least(lo) & !at_least(hi + 1);
+    let underscore = !(((y ^ (ONES * u64::from(b'_'))) & LOW7) + LOW7);
+    (within(b'0', b'9') | within(b'A', b'Z') | within(b'a', b'z') | underscore) & !p
 }
 
 impl Starts {
@@ -165,6 +184,10 @@ impl Starts {
     /// The first byte at or after `from` where a term may start;
     /// `b.len()` if none.
     fn next(&self, b: &[u8], from: usize) -> usize {
+        #[cfg(test)]
+        if self.every_byte {
+            return from.min(b.len());
+        }
         match self.wide.len() {
             0 => self.next_wide::<0>(b, from),
             1 => self.next_wide::<1>(b, from),
@@ -183,12 +206,19 @@ impl Starts {
         }
         while let Some(Ok(bytes)) = b.get(at..at + 8).map(<[u8; 8]>::try_from) {
             let x = u64::from_le_bytes(bytes);
-            let mut found = x & HIGH;
+            let mut firsts = 0;
             for (or, want) in wide {
                 // 0x80 in each zero byte of `y`, exactly (no borrows).
                 let y = (x | or) ^ want;
-                found |= !(((y & LOW7) + LOW7) | y) & HIGH;
+                firsts |= !(((y & LOW7) + LOW7) | y) & HIGH;
             }
+            if self.word_starts_only && firsts != 0 {
+                // Each byte's predecessor, in its lane.
+                let before = at.checked_sub(1).map_or(0, |j| b[j]);
+                firsts &= !word_lanes((x << 8) | u64::from(before));
+            }
+            // A non-ASCII byte is checked in full where it is.
+            let found = (x & HIGH) | (firsts & HIGH);
             if found != 0 {
                 return at + (found.trailing_zeros() / 8) as usize;
             }
@@ -202,7 +232,15 @@ impl Starts {
         let rest = b.get(from..).unwrap_or_default();
         from + rest
             .iter()
-            .position(|&byte| byte >= 0x80 || self.first_ascii.contains(byte.to_ascii_lowercase()))
+            .enumerate()
+            .position(|(n, &byte)| {
+                byte >= 0x80
+                    || (self.first_ascii.contains(byte.to_ascii_lowercase())
+                        && !(self.word_starts_only
+                            && (from + n)
+                                .checked_sub(1)
+                                .is_some_and(|j| b[j].is_ascii_alphanumeric() || b[j] == b'_')))
+            })
             .unwrap_or(rest.len())
     }
 }
@@ -242,6 +280,7 @@ impl Keywords {
                 word_end: is_word(last),
             });
         }
+        keywords.starts.word_starts_only = !keywords.starts_mid_word;
         Ok(keywords)
     }
 
@@ -434,6 +473,44 @@ fn prefix_until_end(text: &str, term: &Term) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// Skipping to where a term may start finds what trying every
+        /// byte finds, and so does the search for a term still forming.
+        #[test]
+        fn skipping_equals_trying_every_byte(
+            parts in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "project", "falcon", "Project  Falcon", "darn", "heck", "the", "check",
+                    "hecks", "_heck", "dar", "x", "é", "Été", "ÉTÉ", " ", "\n", ".", "-", "_",
+                    "c++", "9", "HD",
+                ]),
+                1..14,
+            ),
+            mid_word in proptest::bool::ANY,
+            after_word in proptest::bool::ANY,
+        ) {
+            let text: String = parts.concat();
+            let terms: &[&str] = if mid_word {
+                &["project falcon", "darn", "heck", "++", "été"]
+            } else {
+                &["project falcon", "darn", "heck", "été", "d"]
+            };
+            let k = keywords(terms);
+            let mut every = k.clone();
+            every.starts.every_byte = true;
+            for final_text in [false, true] {
+                proptest::prop_assert_eq!(
+                    k.find(&text, final_text, after_word),
+                    every.find(&text, final_text, after_word)
+                );
+            }
+            proptest::prop_assert_eq!(
+                k.pending_start(&text, after_word),
+                every.pending_start(&text, after_word)
+            );
+        }
+    }
 
     fn keywords(terms: &[&str]) -> Keywords {
         Keywords::new(terms).unwrap_or_default()
