@@ -239,7 +239,7 @@ impl Starts {
                         && !(self.word_starts_only
                             && (from + n)
                                 .checked_sub(1)
-                                .is_some_and(|j| b[j].is_ascii_alphanumeric() || b[j] == b'_')))
+                                .is_some_and(|j| b[j].is_ascii() && is_word(char::from(b[j])))))
             })
             .unwrap_or(rest.len())
     }

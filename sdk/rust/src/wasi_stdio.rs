@@ -102,97 +102,94 @@ fn write_out(stream: u32, bytes: &[u8]) {
     });
 }
 
-// wasi:cli/environment
-
-#[unsafe(no_mangle)]
-unsafe extern "C" fn __wasm_import_environment_get_environment(ret: *mut u32) {
-    unsafe { empty_list(ret) }
+/// The stand-ins, one per line: the symbol wasi-libc imports, its
+/// core-ABI arguments (`ret` last where the result goes through memory),
+/// its result where it returns one, and what it does.
+macro_rules! stand_ins {
+    ($($name:ident($($arg:ident: $ty:ty),*) $(-> $out:ty)? => $body:expr;)*) => {
+        $(
+            #[unsafe(no_mangle)]
+            unsafe extern "C" fn $name($($arg: $ty),*) $(-> $out)? {
+                #[allow(unused_unsafe)]
+                unsafe { $body }
+            }
+        )*
+    };
 }
 
-#[unsafe(no_mangle)]
-unsafe extern "C" fn __wasm_import_environment_get_arguments(ret: *mut u32) {
-    unsafe { empty_list(ret) }
+stand_ins! {
+    // wasi:cli/environment and exit
+    __wasm_import_environment_get_environment(ret: *mut u32) => empty_list(ret);
+    __wasm_import_environment_get_arguments(ret: *mut u32) => empty_list(ret);
+    __wasm_import_environment_initial_cwd(ret: *mut u8) => tag(ret, 0);
+    __wasm_import_exit_exit(_status: u32) => core::arch::wasm32::unreachable();
+
+    // wasi:cli/stdin, stdout, stderr and the terminals (none)
+    __wasm_import_stdin_get_stdin() -> u32 => STDIN;
+    __wasm_import_stdout_get_stdout() -> u32 => STDOUT;
+    __wasm_import_stderr_get_stderr() -> u32 => STDERR;
+    __wasm_import_terminal_stdin_get_terminal_stdin(ret: *mut u8) => tag(ret, 0);
+    __wasm_import_terminal_stdout_get_terminal_stdout(ret: *mut u8) => tag(ret, 0);
+    __wasm_import_terminal_stderr_get_terminal_stderr(ret: *mut u8) => tag(ret, 0);
+    __wasm_import_terminal_input_terminal_input_drop(_handle: u32) => ();
+    __wasm_import_terminal_output_terminal_output_drop(_handle: u32) => ();
+
+    // wasi:io/error
+    __wasm_import_io_error_error_drop(_handle: u32) => ();
+    __wasm_import_io_error_method_error_to_debug_string(_error: u32, ret: *mut u32) =>
+        empty_list(ret);
+
+    // wasi:io/poll: every pollable is ready.
+    __wasm_import_poll_pollable_drop(_handle: u32) => ();
+    __wasm_import_poll_method_pollable_ready(_pollable: u32) -> bool => true;
+    __wasm_import_poll_method_pollable_block(_pollable: u32) => ();
+    __wasm_import_poll_poll(_pollables: *const u32, len: usize, ret: *mut u32) => all_ready(len, ret);
+
+    // wasi:io/streams: input streams (stdin, and any other) are closed.
+    __wasm_import_streams_input_stream_drop(_handle: u32) => ();
+    __wasm_import_streams_method_input_stream_read(_stream: u32, _len: u64, ret: *mut u8) =>
+        closed(ret, 4);
+    __wasm_import_streams_method_input_stream_blocking_read(_stream: u32, _len: u64, ret: *mut u8) =>
+        closed(ret, 4);
+    __wasm_import_streams_method_input_stream_skip(_stream: u32, _len: u64, ret: *mut u8) =>
+        closed(ret, 8);
+    __wasm_import_streams_method_input_stream_blocking_skip(_stream: u32, _len: u64, ret: *mut u8) =>
+        closed(ret, 8);
+    __wasm_import_streams_method_input_stream_subscribe(_stream: u32) -> u32 => POLLABLE;
+
+    // wasi:io/streams: output streams. stdout and stderr go to the log; any
+    // other stream takes everything and keeps nothing; nothing can be
+    // spliced from a closed input stream.
+    __wasm_import_streams_output_stream_drop(_handle: u32) => ();
+    __wasm_import_streams_method_output_stream_check_write(_stream: u32, ret: *mut u8) => {
+        tag(ret, 0);
+        ret.add(8).cast::<u64>().write(64 << 10);
+    };
+    __wasm_import_streams_method_output_stream_write(
+        stream: u32, ptr: *const u8, len: usize, ret: *mut u8
+    ) => write(stream, ptr, len, ret);
+    __wasm_import_streams_method_output_stream_blocking_write_and_flush(
+        stream: u32, ptr: *const u8, len: usize, ret: *mut u8
+    ) => write(stream, ptr, len, ret);
+    __wasm_import_streams_method_output_stream_flush(_stream: u32, ret: *mut u8) => tag(ret, 0);
+    __wasm_import_streams_method_output_stream_blocking_flush(_stream: u32, ret: *mut u8) =>
+        tag(ret, 0);
+    __wasm_import_streams_method_output_stream_write_zeroes(_stream: u32, _len: u64, ret: *mut u8) =>
+        tag(ret, 0);
+    __wasm_import_streams_method_output_stream_blocking_write_zeroes_and_flush(
+        _stream: u32, _len: u64, ret: *mut u8
+    ) => tag(ret, 0);
+    __wasm_import_streams_method_output_stream_splice(
+        _stream: u32, _source: u32, _len: u64, ret: *mut u8
+    ) => closed(ret, 8);
+    __wasm_import_streams_method_output_stream_blocking_splice(
+        _stream: u32, _source: u32, _len: u64, ret: *mut u8
+    ) => closed(ret, 8);
+    __wasm_import_streams_method_output_stream_subscribe(_stream: u32) -> u32 => POLLABLE;
 }
 
-#[unsafe(no_mangle)]
-unsafe extern "C" fn __wasm_import_environment_initial_cwd(ret: *mut u8) {
-    unsafe { tag(ret, 0) }
-}
-
-// wasi:cli/exit
-
-#[unsafe(no_mangle)]
-extern "C" fn __wasm_import_exit_exit(_status: u32) {
-    core::arch::wasm32::unreachable()
-}
-
-// wasi:cli/stdin, stdout, stderr and the terminals
-
-#[unsafe(no_mangle)]
-extern "C" fn __wasm_import_stdin_get_stdin() -> u32 {
-    STDIN
-}
-
-#[unsafe(no_mangle)]
-extern "C" fn __wasm_import_stdout_get_stdout() -> u32 {
-    STDOUT
-}
-
-#[unsafe(no_mangle)]
-extern "C" fn __wasm_import_stderr_get_stderr() -> u32 {
-    STDERR
-}
-
-#[unsafe(no_mangle)]
-unsafe extern "C" fn __wasm_import_terminal_stdin_get_terminal_stdin(ret: *mut u8) {
-    unsafe { tag(ret, 0) }
-}
-
-#[unsafe(no_mangle)]
-unsafe extern "C" fn __wasm_import_terminal_stdout_get_terminal_stdout(ret: *mut u8) {
-    unsafe { tag(ret, 0) }
-}
-
-#[unsafe(no_mangle)]
-unsafe extern "C" fn __wasm_import_terminal_stderr_get_terminal_stderr(ret: *mut u8) {
-    unsafe { tag(ret, 0) }
-}
-
-#[unsafe(no_mangle)]
-extern "C" fn __wasm_import_terminal_input_terminal_input_drop(_handle: u32) {}
-
-#[unsafe(no_mangle)]
-extern "C" fn __wasm_import_terminal_output_terminal_output_drop(_handle: u32) {}
-
-// wasi:io/error
-
-#[unsafe(no_mangle)]
-extern "C" fn __wasm_import_io_error_error_drop(_handle: u32) {}
-
-#[unsafe(no_mangle)]
-unsafe extern "C" fn __wasm_import_io_error_method_error_to_debug_string(
-    _error: u32,
-    ret: *mut u32,
-) {
-    unsafe { empty_list(ret) }
-}
-
-// wasi:io/poll
-
-#[unsafe(no_mangle)]
-extern "C" fn __wasm_import_poll_pollable_drop(_handle: u32) {}
-
-#[unsafe(no_mangle)]
-extern "C" fn __wasm_import_poll_method_pollable_ready(_pollable: u32) -> bool {
-    true
-}
-
-#[unsafe(no_mangle)]
-extern "C" fn __wasm_import_poll_method_pollable_block(_pollable: u32) {}
-
-/// Every pollable is ready: the indexes `0..len`.
-#[unsafe(no_mangle)]
-unsafe extern "C" fn __wasm_import_poll_poll(_pollables: *const u32, len: usize, ret: *mut u32) {
+/// `poll`'s answer: every one of the `len` pollables is ready.
+unsafe fn all_ready(len: usize, ret: *mut u32) {
     unsafe {
         let ready = malloc(len.max(1) * 4).cast::<u32>();
         for i in 0..len {
@@ -203,148 +200,11 @@ unsafe extern "C" fn __wasm_import_poll_poll(_pollables: *const u32, len: usize,
     }
 }
 
-// wasi:io/streams: input streams (stdin, and any other) are closed.
-
-#[unsafe(no_mangle)]
-extern "C" fn __wasm_import_streams_input_stream_drop(_handle: u32) {}
-
-#[unsafe(no_mangle)]
-unsafe extern "C" fn __wasm_import_streams_method_input_stream_read(
-    _stream: u32,
-    _len: u64,
-    ret: *mut u8,
-) {
-    unsafe { closed(ret, 4) }
-}
-
-#[unsafe(no_mangle)]
-unsafe extern "C" fn __wasm_import_streams_method_input_stream_blocking_read(
-    _stream: u32,
-    _len: u64,
-    ret: *mut u8,
-) {
-    unsafe { closed(ret, 4) }
-}
-
-#[unsafe(no_mangle)]
-unsafe extern "C" fn __wasm_import_streams_method_input_stream_skip(
-    _stream: u32,
-    _len: u64,
-    ret: *mut u8,
-) {
-    unsafe { closed(ret, 8) }
-}
-
-#[unsafe(no_mangle)]
-unsafe extern "C" fn __wasm_import_streams_method_input_stream_blocking_skip(
-    _stream: u32,
-    _len: u64,
-    ret: *mut u8,
-) {
-    unsafe { closed(ret, 8) }
-}
-
-#[unsafe(no_mangle)]
-extern "C" fn __wasm_import_streams_method_input_stream_subscribe(_stream: u32) -> u32 {
-    POLLABLE
-}
-
-// wasi:io/streams: output streams. stdout and stderr go to the log; any
-// other stream takes everything and keeps nothing.
-
-#[unsafe(no_mangle)]
-extern "C" fn __wasm_import_streams_output_stream_drop(_handle: u32) {}
-
-#[unsafe(no_mangle)]
-unsafe extern "C" fn __wasm_import_streams_method_output_stream_check_write(
-    _stream: u32,
-    ret: *mut u8,
-) {
-    unsafe {
-        tag(ret, 0);
-        ret.add(8).cast::<u64>().write(64 << 10);
-    }
-}
-
-#[unsafe(no_mangle)]
-unsafe extern "C" fn __wasm_import_streams_method_output_stream_write(
-    stream: u32,
-    ptr: *const u8,
-    len: usize,
-    ret: *mut u8,
-) {
+/// `write` and `blocking-write-and-flush`: log what goes to stdout or
+/// stderr, then `ok`.
+unsafe fn write(stream: u32, ptr: *const u8, len: usize, ret: *mut u8) {
     unsafe {
         write_out(stream, core::slice::from_raw_parts(ptr, len));
         tag(ret, 0);
     }
-}
-
-#[unsafe(no_mangle)]
-unsafe extern "C" fn __wasm_import_streams_method_output_stream_blocking_write_and_flush(
-    stream: u32,
-    ptr: *const u8,
-    len: usize,
-    ret: *mut u8,
-) {
-    unsafe {
-        write_out(stream, core::slice::from_raw_parts(ptr, len));
-        tag(ret, 0);
-    }
-}
-
-#[unsafe(no_mangle)]
-unsafe extern "C" fn __wasm_import_streams_method_output_stream_flush(_stream: u32, ret: *mut u8) {
-    unsafe { tag(ret, 0) }
-}
-
-#[unsafe(no_mangle)]
-unsafe extern "C" fn __wasm_import_streams_method_output_stream_blocking_flush(
-    _stream: u32,
-    ret: *mut u8,
-) {
-    unsafe { tag(ret, 0) }
-}
-
-#[unsafe(no_mangle)]
-unsafe extern "C" fn __wasm_import_streams_method_output_stream_write_zeroes(
-    _stream: u32,
-    _len: u64,
-    ret: *mut u8,
-) {
-    unsafe { tag(ret, 0) }
-}
-
-#[unsafe(no_mangle)]
-unsafe extern "C" fn __wasm_import_streams_method_output_stream_blocking_write_zeroes_and_flush(
-    _stream: u32,
-    _len: u64,
-    ret: *mut u8,
-) {
-    unsafe { tag(ret, 0) }
-}
-
-/// Nothing to splice from: every input stream is closed.
-#[unsafe(no_mangle)]
-unsafe extern "C" fn __wasm_import_streams_method_output_stream_splice(
-    _stream: u32,
-    _source: u32,
-    _len: u64,
-    ret: *mut u8,
-) {
-    unsafe { closed(ret, 8) }
-}
-
-#[unsafe(no_mangle)]
-unsafe extern "C" fn __wasm_import_streams_method_output_stream_blocking_splice(
-    _stream: u32,
-    _source: u32,
-    _len: u64,
-    ret: *mut u8,
-) {
-    unsafe { closed(ret, 8) }
-}
-
-#[unsafe(no_mangle)]
-extern "C" fn __wasm_import_streams_method_output_stream_subscribe(_stream: u32) -> u32 {
-    POLLABLE
 }
