@@ -723,6 +723,9 @@ fn invalid_components_are_rejected_with_the_reason() {
     std::fs::write(dir.path().join("garbage.wasm"), b"this is not wasm at all").unwrap();
     std::fs::write(dir.path().join("core.wasm"), b"\0asm\x01\0\0\0").unwrap();
     let allow_all = policy("allow-all");
+    // The guardrail interface's names with other types: weir calls a
+    // guardrail's exports unchecked once its load checked them.
+    let mistyped = guest("mistyped");
     let cases = [
         ("garbage.wasm", "guardrail", "not a WebAssembly file"),
         ("core.wasm", "guardrail", "core WebAssembly module"),
@@ -730,6 +733,11 @@ fn invalid_components_are_rejected_with_the_reason() {
             allow_all.to_str().unwrap(),
             "router",
             "does not implement the `weir:policy/router-policy` world",
+        ),
+        (
+            mistyped.to_str().unwrap(),
+            "guardrail",
+            "does not implement the `weir:policy/guardrail-policy` world: `on-request` has the wrong type",
         ),
     ];
     for (path, kind, reason) in cases {

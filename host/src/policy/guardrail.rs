@@ -25,9 +25,9 @@ use tracing::warn;
 use wasmtime::Store;
 use wasmtime::component::ResourceAny;
 
-use super::bindings::guardrail::GuardrailPolicy;
 use super::bindings::guardrail::exports::weir::policy::guardrail::{ChunkVerdict, RequestVerdict};
 use super::bindings::guardrail::weir::policy::types as wit;
+use super::exports::Guardrail;
 use super::state::PolicyState;
 use super::{Policy, PolicyRuntime, Pre, Rejection};
 use crate::chat::{ChatRequest, message_text};
@@ -75,7 +75,7 @@ impl RequestContext {
 
 struct Live {
     store: Store<PolicyState>,
-    bindings: GuardrailPolicy,
+    bindings: Guardrail,
     response: Option<ResourceAny>,
     permit: OwnedSemaphorePermit,
     /// Requests this instance served before this one.
@@ -89,7 +89,7 @@ pub(super) struct Idle {
     /// The key name of the requests it served (`None` on an open gateway).
     tenant: Option<String>,
     store: Store<PolicyState>,
-    bindings: GuardrailPolicy,
+    bindings: Guardrail,
     permit: OwnedSemaphorePermit,
     uses: u32,
 }
@@ -429,7 +429,6 @@ impl GuardChain {
             live.store.data_mut().begin_call();
             let result = live
                 .bindings
-                .weir_policy_guardrail()
                 .call_on_request(&mut live.store, &self.info, &req)
                 .await;
             let m = &guard.policy.metrics;
@@ -496,8 +495,6 @@ impl GuardChain {
             live.store.data_mut().begin_call();
             let result = live
                 .bindings
-                .weir_policy_guardrail()
-                .response_guard()
                 .call_constructor(&mut live.store, &self.info)
                 .await;
             match result {
@@ -543,8 +540,6 @@ impl GuardChain {
         live.store.data_mut().begin_call();
         let result = live
             .bindings
-            .weir_policy_guardrail()
-            .response_guard()
             .call_on_chunk(&mut live.store, resource, index, &offered)
             .await;
         let m = &guard.policy.metrics;
@@ -642,8 +637,6 @@ impl GuardChain {
                 .map_or("", |(_, f)| f.as_str());
             let result = live
                 .bindings
-                .weir_policy_guardrail()
-                .response_guard()
                 .call_on_end(&mut live.store, resource, index, &held, full)
                 .await;
             let m = &guard.policy.metrics;

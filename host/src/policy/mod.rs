@@ -15,6 +15,7 @@
 
 mod bindings;
 mod engine;
+mod exports;
 mod guardrail;
 pub mod inspect;
 mod kv;
@@ -30,11 +31,11 @@ use wasmtime::component::{Component, ComponentExportIndex, ResourceAny};
 
 use crate::config::{OnError, PolicyConfig, PolicyKind};
 
-use bindings::guardrail::GuardrailPolicyPre;
 use bindings::guardrail::weir::policy::types as wit;
 use bindings::pricing::PricingPolicyPre;
 use bindings::router::RouterPolicyPre;
 pub use engine::{CompileSource, EngineOptions, PolicyEngine, default_cache_dir};
+use exports::GuardrailPre;
 pub use guardrail::{GuardChain, RequestContext, Stop};
 pub use kv::{KvStore, MemoryKv};
 use state::PolicyMeta;
@@ -128,7 +129,7 @@ pub struct Limits {
 }
 
 enum Pre {
-    Guardrail(GuardrailPolicyPre<state::PolicyState>),
+    Guardrail(GuardrailPre<state::PolicyState>),
     Router(RouterPolicyPre<state::PolicyState>),
     Pricing(PricingPolicyPre<state::PolicyState>),
 }
@@ -271,7 +272,7 @@ impl PolicyRuntime {
         };
         let pre = match config.kind {
             PolicyKind::Guardrail => {
-                Pre::Guardrail(GuardrailPolicyPre::new(instance_pre).map_err(wrong)?)
+                Pre::Guardrail(GuardrailPre::new(instance_pre).map_err(wrong)?)
             }
             PolicyKind::Router => Pre::Router(RouterPolicyPre::new(instance_pre).map_err(wrong)?),
             PolicyKind::Pricing => {
@@ -310,10 +311,7 @@ impl PolicyRuntime {
             idle: parking_lot::Mutex::new(Vec::new()),
         };
         let mut policy = policy;
-        policy.hooks = self
-            .smoke(&policy, hooks.as_ref())
-            .await
-            .map_err(LoadError::Smoke)?;
+        policy.hooks = self.smoke(&policy, hooks.as_ref()).await?;
         policy.load_time = started.elapsed();
         Ok(Arc::new(policy))
     }
@@ -322,12 +320,13 @@ impl PolicyRuntime {
     /// limits; any trap, timeout or policy error rejects the load. A
     /// guardrail is first asked which hooks it needs (if `hooks` is its
     /// `guardrail-hooks.needs` export), and only those are called; the
-    /// answer is returned.
+    /// answer is returned. A guardrail export of the wrong type (found on
+    /// this first instance) is a wrong world.
     async fn smoke(
         self: &Arc<Self>,
         policy: &Policy,
         hooks: Option<&ComponentExportIndex>,
-    ) -> Result<Hooks, String> {
+    ) -> Result<Hooks, LoadError> {
         let info = wit::RequestInfo {
             request_id: "weir-smoke-test".into(),
             key_name: None,
@@ -353,23 +352,27 @@ impl PolicyRuntime {
         // reject a good policy at load.
         let ticks = policy.limits.ticks.max(PolicyEngine::ticks(1000));
         store.set_epoch_deadline(ticks);
-        let err = |e: wasmtime::Error| guardrail::describe_failure(&e).1;
+        let err = |e: wasmtime::Error| LoadError::Smoke(guardrail::describe_failure(&e).1);
+        let wrong = |detail: String| LoadError::WrongWorld {
+            world: world_name(policy.kind),
+            detail,
+        };
         match &policy.pre {
             Pre::Guardrail(pre) => {
-                let instance = pre
-                    .instance_pre()
-                    .instantiate_async(&mut store)
-                    .await
-                    .map_err(err)?;
-                let b = bindings::guardrail::GuardrailPolicy::new(&mut store, &instance)
-                    .map_err(err)?;
+                let g = pre.instantiate_async(&mut store).await.map_err(|e| match e
+                    .downcast_ref::<exports::Mistyped>(
+                ) {
+                    Some(mistyped) => wrong(mistyped.to_string()),
+                    None => err(e),
+                })?;
+                let instance = g.instance();
                 let declared = match hooks {
                     None => Hooks::ALL,
                     Some(index) => {
                         let hooks = instance
                             .get_typed_func::<(), (bindings::hooks::Hooks,)>(&mut store, index)
                             .map_err(|e| {
-                                format!("guardrail-hooks.needs has the wrong type: {e:#}")
+                                wrong(format!("guardrail-hooks.needs has the wrong type: {e:#}"))
                             })?;
                         store.set_epoch_deadline(ticks);
                         let (flags,) = hooks.call_async(&mut store, ()).await.map_err(err)?;
@@ -379,7 +382,6 @@ impl PolicyRuntime {
                         }
                     }
                 };
-                let g = b.weir_policy_guardrail();
                 let flow = async {
                     if declared.requests {
                         store.set_epoch_deadline(ticks);
@@ -391,19 +393,14 @@ impl PolicyRuntime {
                         return Ok(());
                     }
                     store.set_epoch_deadline(ticks);
-                    let guard: ResourceAny = g
-                        .response_guard()
-                        .call_constructor(&mut store, &info)
-                        .await?;
+                    let guard: ResourceAny = g.call_constructor(&mut store, &info).await?;
                     store.set_epoch_deadline(ticks);
                     let text = "Hello from the model.";
-                    g.response_guard()
-                        .call_on_chunk(&mut store, guard, 0, text)
+                    g.call_on_chunk(&mut store, guard, 0, text)
                         .await?
                         .map_err(wasmtime::Error::msg)?;
                     store.set_epoch_deadline(ticks);
-                    g.response_guard()
-                        .call_on_end(&mut store, guard, 0, "", text)
+                    g.call_on_end(&mut store, guard, 0, "", text)
                         .await?
                         .map_err(wasmtime::Error::msg)?;
                     Ok::<_, wasmtime::Error>(())
@@ -419,9 +416,12 @@ impl PolicyRuntime {
                     .weir_policy_router()
                     .call_route(&mut store, &info, &req, &candidates)
                     .await
-                    .map_err(err)??;
+                    .map_err(err)?
+                    .map_err(LoadError::Smoke)?;
                 if order.iter().any(|i| *i as usize >= candidates.len()) {
-                    return Err(format!("route returned an out-of-range index: {order:?}"));
+                    return Err(LoadError::Smoke(format!(
+                        "route returned an out-of-range index: {order:?}"
+                    )));
                 }
                 Ok(Hooks::ALL)
             }
@@ -444,7 +444,8 @@ impl PolicyRuntime {
                         usage,
                     )
                     .await
-                    .map_err(err)??;
+                    .map_err(err)?
+                    .map_err(LoadError::Smoke)?;
                 Ok(Hooks::ALL)
             }
         }
