@@ -193,6 +193,21 @@ impl Members {
     }
 }
 
+/// `json` with each range replaced by its bytes; the ranges ascending and
+/// not overlapping (`None` otherwise).
+pub fn replace(json: &[u8], edits: &[(Range<usize>, Vec<u8>)]) -> Option<Vec<u8>> {
+    let extra: usize = edits.iter().map(|(_, b)| b.len()).sum();
+    let mut out = Vec::with_capacity(json.len() + extra);
+    let mut at = 0;
+    for (range, bytes) in edits {
+        out.extend_from_slice(json.get(at..range.start)?);
+        out.extend_from_slice(bytes);
+        at = range.end;
+    }
+    out.extend_from_slice(json.get(at..)?);
+    Some(out)
+}
+
 fn skip_ws(json: &[u8], mut at: usize) -> usize {
     while matches!(json.get(at), Some(b' ' | b'\t' | b'\n' | b'\r')) {
         at += 1;

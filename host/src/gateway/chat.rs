@@ -24,7 +24,7 @@ use crate::chat::{ChatCompletion, ChatRequest, Usage};
 use crate::error::GatewayError;
 use crate::limits::RateInfo;
 use crate::policy::{GuardChain, Policy, PolicyUsage, PricePhase, RequestContext, Stop};
-use crate::providers::{ChatReply, Whole};
+use crate::providers::{ChatReply, RawCompletion, Whole};
 use crate::state::{ANONYMOUS, Actual, Ask, Reservation};
 use crate::tokens;
 
@@ -184,37 +184,90 @@ fn stop_error(stop: Stop) -> GatewayError {
     }
 }
 
-/// Run a whole completion's text through the guardrails, choice by choice.
-/// A blocked choice loses its text and ends with `content_filter`; returns
-/// the blocking policy's name.
-async fn guard_completion(
+/// What the guardrails made of one choice of a whole completion.
+enum Guarded {
+    /// The text to answer with (`None`: the choice had none and gets none).
+    Text(Option<String>),
+    /// A guardrail blocked it: no text, `finish_reason: "content_filter"`.
+    Blocked,
+}
+
+/// Run a whole completion's texts — (choice index, text) — through the
+/// guardrails, choice by choice. Returns each choice's outcome and the name
+/// of the policy that blocked one, if any.
+async fn guard_texts(
     chain: &mut GuardChain,
-    completion: &mut ChatCompletion,
-) -> Result<Option<String>, GatewayError> {
+    texts: Vec<(u32, Option<String>)>,
+) -> Result<(Vec<Guarded>, Option<String>), GatewayError> {
     chain.begin_response().await.map_err(stop_error)?;
     let mut blocked_by = None;
-    for choice in &mut completion.choices {
-        let had_text = choice.message.content.is_some();
-        let text = choice.message.content.take().unwrap_or_default();
-        let released = match chain.on_chunk(choice.index, text).await {
-            Ok(mut out) => chain.on_end(choice.index).await.map(|tail| {
+    let mut outcomes = Vec::new();
+    for (index, text) in texts {
+        let had_text = text.is_some();
+        let released = match chain.on_chunk(index, text.unwrap_or_default()).await {
+            Ok(mut out) => chain.on_end(index).await.map(|tail| {
                 out.push_str(&tail);
                 out
             }),
             Err(stop) => Err(stop),
         };
-        match released {
-            Ok(text) => {
-                choice.message.content = (had_text || !text.is_empty()).then_some(text);
-            }
+        outcomes.push(match released {
+            Ok(text) => Guarded::Text((had_text || !text.is_empty()).then_some(text)),
             Err(Stop::Blocked { policy, .. }) => {
-                choice.finish_reason = Some("content_filter".into());
                 blocked_by = Some(policy);
+                Guarded::Blocked
             }
             Err(stop @ Stop::Failed { .. }) => return Err(stop_error(stop)),
+        });
+    }
+    Ok((outcomes, blocked_by))
+}
+
+/// Put the guardrails' outcomes into a parsed completion.
+fn apply(completion: &mut ChatCompletion, outcomes: Vec<Guarded>) {
+    for (choice, outcome) in completion.choices.iter_mut().zip(outcomes) {
+        match outcome {
+            Guarded::Text(text) => choice.message.content = text,
+            Guarded::Blocked => {
+                choice.message.content = None;
+                choice.finish_reason = Some("content_filter".into());
+            }
         }
     }
-    Ok(blocked_by)
+}
+
+/// The upstream's bytes with each guarded text written where it was and
+/// `model` renamed to `name`, or `None` when that cannot express the
+/// outcome (a block, or text for a choice that had none).
+fn splice_texts(raw: &RawCompletion, outcomes: &[Guarded], name: &[u8]) -> Option<Vec<u8>> {
+    let mut edits = Vec::new();
+    for (t, outcome) in raw.texts.iter().zip(outcomes) {
+        let Guarded::Text(text) = outcome else {
+            return None;
+        };
+        match (&t.range, text) {
+            (_, None) => {}
+            (Some(range), Some(text)) => {
+                let unchanged = match serde_json::from_slice::<&str>(raw.bytes.get(range.clone())?)
+                {
+                    Ok(original) => original == text,
+                    Err(_) => raw.text(t).as_ref() == Some(text),
+                };
+                if !unchanged {
+                    edits.push((range.clone(), serde_json::to_vec(text).ok()?));
+                }
+            }
+            (None, Some(_)) => return None,
+        }
+    }
+    let edited;
+    let body = if edits.is_empty() {
+        &raw.bytes[..]
+    } else {
+        edited = splice::replace(&raw.bytes, &edits)?;
+        &edited
+    };
+    splice::with_members(body, &[("model", Edit::Set(name))])
 }
 
 /// The request's prompt tokens as weir estimates them: counted before it
@@ -298,21 +351,66 @@ async fn answer_whole(
     prompt_estimate: PromptEstimate,
     log: &mut RequestLog,
 ) -> Result<Response<Body>, GatewayError> {
-    // With no guardrail over the response, the upstream's own bytes go
-    // back with the model renamed, never parsed in full or re-serialized.
-    if let (Whole::Raw(raw), None) = (&whole, &chain) {
-        let usage = raw.usage.clone().unwrap_or_else(|| {
-            Usage::new(
-                prompt_estimate.tokens(model),
-                (raw.content_bytes as u64).div_ceil(4),
-            )
-        });
-        let name = serde_json::to_vec(&model.name).unwrap_or_default();
-        if let Some(body) = splice::with_members(&raw.bytes, &[("model", Edit::Set(&name))]) {
-            let cost = pricing.cost(gw, PricePhase::Actual, target, &usage).await;
-            let actual = account(&usage, cost, log);
-            record(gw, log, reservation, actual).await;
-            return Ok(cost_response(json_response(StatusCode::OK, body), cost));
+    // The upstream's own bytes go back with the model renamed, never
+    // parsed in full or re-serialized: untouched with no guardrail over the
+    // response; otherwise only the choices' texts are read, and what the
+    // guardrails released is written where each text was.
+    let name = serde_json::to_vec(&model.name).unwrap_or_default();
+    let mut chain = chain;
+    // The guardrails' outcomes when they could not be written back so.
+    let mut pending = None;
+    'raw: {
+        let Whole::Raw(raw) = &whole else {
+            break 'raw;
+        };
+        match chain.as_mut() {
+            None => {
+                if let Some(body) = splice::with_members(&raw.bytes, &[("model", Edit::Set(&name))])
+                {
+                    let usage = raw.usage.clone().unwrap_or_else(|| {
+                        Usage::new(
+                            prompt_estimate.tokens(model),
+                            (raw.content_bytes as u64).div_ceil(4),
+                        )
+                    });
+                    let cost = settle(gw, pricing, target, &usage, log, reservation).await;
+                    return Ok(cost_response(json_response(StatusCode::OK, body), cost));
+                }
+            }
+            Some(guards) => {
+                let offered = raw.texts.iter().map(|t| (t.index, raw.text(t))).collect();
+                let (outcomes, blocked_by) = match guard_texts(guards, offered).await {
+                    Ok(guarded) => guarded,
+                    Err(error) => {
+                        let usage = raw.usage.clone().unwrap_or_default();
+                        settle(gw, pricing, target, &usage, log, reservation).await;
+                        return Err(error);
+                    }
+                };
+                let spliced = match blocked_by {
+                    None => splice_texts(raw, &outcomes, &name),
+                    Some(_) => None,
+                };
+                let Some(body) = spliced else {
+                    pending = Some((outcomes, blocked_by));
+                    break 'raw;
+                };
+                if let Some(chain) = chain.take() {
+                    chain.finish().await;
+                }
+                let usage = raw.usage.clone().unwrap_or_else(|| {
+                    let released: usize = outcomes
+                        .iter()
+                        .map(|o| match o {
+                            Guarded::Text(Some(text)) => text.len(),
+                            _ => 0,
+                        })
+                        .sum();
+                    Usage::new(prompt_estimate.tokens(model), (released as u64).div_ceil(4))
+                });
+                let cost = settle(gw, pricing, target, &usage, log, reservation).await;
+                return Ok(cost_response(json_response(StatusCode::OK, body), cost));
+            }
         }
     }
     let mut completion = match whole.parse() {
@@ -326,21 +424,32 @@ async fn answer_whole(
             )));
         }
     };
-    let blocked_by = match chain {
-        Some(mut chain) => match guard_completion(&mut chain, &mut completion).await {
-            Ok(blocked) => {
-                chain.finish().await;
-                blocked
+    let blocked_by = match (chain, pending) {
+        (Some(chain), Some((outcomes, blocked_by))) => {
+            apply(&mut completion, outcomes);
+            chain.finish().await;
+            blocked_by
+        }
+        (Some(mut chain), None) => {
+            let texts = completion
+                .choices
+                .iter_mut()
+                .map(|c| (c.index, c.message.content.take()))
+                .collect::<Vec<_>>();
+            match guard_texts(&mut chain, texts).await {
+                Ok((outcomes, blocked_by)) => {
+                    apply(&mut completion, outcomes);
+                    chain.finish().await;
+                    blocked_by
+                }
+                Err(error) => {
+                    let usage = completion.usage.clone().unwrap_or_default();
+                    settle(gw, pricing, target, &usage, log, reservation).await;
+                    return Err(error);
+                }
             }
-            Err(error) => {
-                let usage = completion.usage.clone().unwrap_or_default();
-                let cost = pricing.cost(gw, PricePhase::Actual, target, &usage).await;
-                let actual = account(&usage, cost, log);
-                record(gw, log, reservation, actual).await;
-                return Err(error);
-            }
-        },
-        None => None,
+        }
+        (None, _) => None,
     };
     completion.model.clone_from(&model.name);
     let usage = completion.usage.clone().unwrap_or_else(|| {
@@ -352,9 +461,7 @@ async fn answer_whole(
             .sum();
         Usage::new(prompt_estimate.tokens(model), (text as u64).div_ceil(4))
     });
-    let cost = pricing.cost(gw, PricePhase::Actual, target, &usage).await;
-    let actual = account(&usage, cost, log);
-    record(gw, log, reservation, actual).await;
+    let cost = settle(gw, pricing, target, &usage, log, reservation).await;
     let body = serde_json::to_vec(&completion).unwrap_or_default();
     let mut response = cost_response(json_response(StatusCode::OK, body), cost);
     if let Some(policy) = blocked_by
@@ -363,6 +470,21 @@ async fn answer_whole(
         response.headers_mut().insert(header::POLICY, v);
     }
     Ok(response)
+}
+
+/// Price what a whole completion used, account and record it; the cost.
+async fn settle(
+    gw: &Gateway,
+    pricing: &Pricing,
+    target: &Target,
+    usage: &Usage,
+    log: &mut RequestLog,
+    reservation: Option<Reservation>,
+) -> u64 {
+    let cost = pricing.cost(gw, PricePhase::Actual, target, usage).await;
+    let actual = account(usage, cost, log);
+    record(gw, log, reservation, actual).await;
+    cost
 }
 
 /// `x-weir-cost-usd` on a served completion.
@@ -473,4 +595,55 @@ fn with_headers(mut response: Response<Body>, target: &Target, rate: &RateInfo) 
         headers.insert(name, value);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use serde_json::{Value, json};
+
+    use super::{Guarded, splice_texts};
+    use crate::providers::check_completion;
+
+    /// The guardrails' texts go where the upstream's were; every other
+    /// byte stays as it came, but for the model's name.
+    #[test]
+    fn guarded_texts_are_written_where_they_were() {
+        let body = r#"{"id":"c-1","object":"chat.completion","created":7,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"mail jo@example.com","refusal":null},"logprobs":null,"finish_reason":"stop"},{"index":1,"message":{"role":"assistant","content":"same \"text\"\n"},"finish_reason":"stop"},{"index":2,"message":{"role":"assistant","content":null,"tool_calls":[{"id":"t","type":"function","function":{"name":"f","arguments":"{}"}}]},"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":9,"completion_tokens":12,"total_tokens":21},"system_fingerprint":"fp"}"#;
+        let raw = check_completion(Bytes::from(body)).unwrap();
+        let text = |i: usize| raw.text(&raw.texts[i]);
+        let name = br#""chat""#;
+        let redacted = "mail [EMAIL] \"é\"";
+        let outcomes = [
+            Guarded::Text(Some(redacted.into())),
+            Guarded::Text(text(1)),
+            Guarded::Text(None),
+        ];
+        let out = splice_texts(&raw, &outcomes, name).unwrap();
+        let mut want: Value = serde_json::from_str(body).unwrap();
+        want["model"] = json!("chat");
+        want["choices"][0]["message"]["content"] = json!(redacted);
+        assert_eq!(serde_json::from_slice::<Value>(&out).unwrap(), want);
+        // Unchanged texts (escaped ones too) are not rewritten: the bytes
+        // are the upstream's.
+        let same = [
+            Guarded::Text(text(0)),
+            Guarded::Text(text(1)),
+            Guarded::Text(None),
+        ];
+        let out = splice_texts(&raw, &same, name).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            body.replace(r#""model":"gpt-4o-mini""#, r#""model":"chat""#)
+        );
+        // A block, or text where there was none, needs the full answer.
+        let blocked = [Guarded::Blocked, Guarded::Text(None), Guarded::Text(None)];
+        assert!(splice_texts(&raw, &blocked, name).is_none());
+        let added = [
+            Guarded::Text(text(0)),
+            Guarded::Text(text(1)),
+            Guarded::Text(Some("new".into())),
+        ];
+        assert!(splice_texts(&raw, &added, name).is_none());
+    }
 }

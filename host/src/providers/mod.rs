@@ -115,6 +115,27 @@ pub struct RawCompletion {
     /// Bytes of message text over all choices (the output estimate when
     /// the upstream reports no usage).
     pub content_bytes: usize,
+    /// Each choice's text, in order: guardrails read and rewrite it there,
+    /// and the rest is never parsed in full or re-serialized.
+    pub texts: Vec<RawText>,
+}
+
+/// Where one choice's text is in a [`RawCompletion`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawText {
+    /// The choice's `index`.
+    pub index: u32,
+    /// Its `message.content` JSON string, quotes included; `None` when
+    /// null or absent.
+    pub range: Option<std::ops::Range<usize>>,
+}
+
+impl RawCompletion {
+    /// The text of `t`, unescaped (`None` when it has none).
+    pub fn text(&self, t: &RawText) -> Option<String> {
+        let json = self.bytes.get(t.range.clone()?)?;
+        serde_json::from_slice(json).ok()
+    }
 }
 
 impl Whole {
@@ -568,9 +589,9 @@ pub fn parse_completion(bytes: &[u8]) -> Result<ChatCompletion, AttemptError> {
 }
 
 /// Check that `bytes` are an OpenAI chat completion — the same fields and
-/// types [`parse_completion`] accepts — reading only the usage and the
-/// text's length: no allocation for fields weir passes on untouched (a
-/// fifth of the instructions of the full parse).
+/// types [`parse_completion`] accepts — reading only the usage and where
+/// each choice's text is: no allocation for fields weir passes on
+/// untouched (a fifth of the instructions of the full parse).
 pub fn check_completion(bytes: Bytes) -> Result<RawCompletion, AttemptError> {
     use std::borrow::Cow;
 
@@ -610,14 +631,32 @@ pub fn check_completion(bytes: Bytes) -> Result<RawCompletion, AttemptError> {
             d.deserialize_map(V(std::marker::PhantomData)).map(Obj)
         }
     }
-    /// A string, borrowed unless it has escapes.
+    /// A string (only its type is checked), borrowed unless it has escapes.
     #[derive(serde::Deserialize)]
     #[serde(transparent)]
-    struct LiteStr<'a>(#[serde(borrow)] Cow<'a, str>);
+    struct LiteStr<'a>(
+        #[serde(borrow)]
+        #[allow(dead_code)]
+        Cow<'a, str>,
+    );
+    /// A JSON string, as it is in the bytes (quotes and escapes).
+    struct LiteText<'a>(&'a serde_json::value::RawValue);
+    impl<'de: 'a, 'a> serde::Deserialize<'de> for LiteText<'a> {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let raw = <&serde_json::value::RawValue>::deserialize(d)?;
+            match raw.get().starts_with('"') {
+                true => Ok(LiteText(raw)),
+                false => Err(serde::de::Error::invalid_type(
+                    serde::de::Unexpected::Other(raw.get()),
+                    &"a string",
+                )),
+            }
+        }
+    }
     #[derive(serde::Deserialize)]
     struct LiteChoice<'a> {
-        #[serde(default, rename = "index")]
-        _index: Option<u32>,
+        #[serde(default)]
+        index: Option<u32>,
         #[serde(borrow, default)]
         message: Option<Obj<LiteMessage<'a>>>,
         #[serde(borrow, default, rename = "finish_reason")]
@@ -628,7 +667,7 @@ pub fn check_completion(bytes: Bytes) -> Result<RawCompletion, AttemptError> {
         #[serde(borrow, default, rename = "role")]
         _role: Option<LiteStr<'a>>,
         #[serde(borrow, default)]
-        content: Option<LiteStr<'a>>,
+        content: Option<LiteText<'a>>,
         #[serde(default, rename = "tool_calls")]
         _tool_calls: Option<Vec<IgnoredAny>>,
     }
@@ -658,13 +697,29 @@ pub fn check_completion(bytes: Bytes) -> Result<RawCompletion, AttemptError> {
 
     let Obj(lite): Obj<Lite> = crate::chat::from_json(&bytes)
         .map_err(|e| AttemptError::Malformed(format!("not a chat completion: {e}")))?;
-    let content_bytes = lite
+    let base = bytes.as_ptr() as usize;
+    let mut content_bytes = 0;
+    let texts = lite
         .choices
         .iter()
         .flatten()
-        .filter_map(|c| c.0.message.as_ref()?.0.content.as_ref())
-        .map(|c| c.0.len())
-        .sum();
+        .map(|Obj(choice)| {
+            let content = choice.message.as_ref().and_then(|m| m.0.content.as_ref());
+            let range = content.map(|LiteText(raw)| {
+                let json = raw.get();
+                content_bytes += match json.contains('\\') {
+                    false => json.len() - 2,
+                    true => serde_json::from_str::<String>(json).map_or(0, |s| s.len()),
+                };
+                let at = json.as_ptr() as usize - base;
+                at..at + json.len()
+            });
+            RawText {
+                index: choice.index.unwrap_or_default(),
+                range,
+            }
+        })
+        .collect();
     let usage = lite.usage.map(|Obj(u)| Usage {
         prompt_tokens: u.prompt_tokens.unwrap_or_default(),
         completion_tokens: u.completion_tokens.unwrap_or_default(),
@@ -687,6 +742,7 @@ pub fn check_completion(bytes: Bytes) -> Result<RawCompletion, AttemptError> {
         bytes,
         usage,
         content_bytes,
+        texts,
     })
 }
 
@@ -1020,6 +1076,33 @@ pub fn arguments_object(arguments: &str) -> Option<Map<String, Value>> {
 mod tests {
     use super::*;
 
+    /// Each choice's text is found (escapes and all) where it is, in
+    /// order, with the index the full parse reads.
+    #[test]
+    fn raw_texts_are_found_where_they_are() {
+        let body = r#"{"id":"c","choices":[{"index":0,"message":{"role":"assistant","content":"a \"b\"\n\u00e9"},"finish_reason":"stop"}, {"message":{"content":null,"tool_calls":[{"id":"t"}]},"index":1},{"index":2,"message":{"role":"assistant"}},{"message":{"content":"x"}}],"model":"m"}"#;
+        let raw = check_completion(Bytes::from(body)).unwrap();
+        let quoted = r#""a \"b\"\n\u00e9""#;
+        let at = body.find(quoted).unwrap();
+        let x = body.find(r#""x""#).unwrap();
+        let range = |index, range| RawText { index, range };
+        assert_eq!(
+            raw.texts,
+            [
+                range(0, Some(at..at + quoted.len())),
+                range(1, None),
+                range(2, None),
+                range(0, Some(x..x + 3)),
+            ]
+        );
+        let texts: Vec<_> = raw.texts.iter().map(|t| raw.text(t)).collect();
+        assert_eq!(
+            texts,
+            [Some("a \"b\"\né".into()), None, None, Some("x".into())]
+        );
+        assert_eq!(raw.content_bytes, "a \"b\"\né".len() + 1);
+    }
+
     /// The light check accepts exactly what the full parse accepts, and
     /// reads the same usage and text length.
     #[test]
@@ -1066,6 +1149,17 @@ mod tests {
                 .map(str::len)
                 .sum();
             assert_eq!(checked.content_bytes, text, "{case}");
+            let texts: Vec<_> = checked
+                .texts
+                .iter()
+                .map(|t| (t.index, checked.text(t)))
+                .collect();
+            let choices: Vec<_> = parsed
+                .choices
+                .iter()
+                .map(|c| (c.index, c.message.content.clone()))
+                .collect();
+            assert_eq!(texts, choices, "{case}");
             let fields = |u: &Usage| {
                 (
                     u.prompt_tokens,
