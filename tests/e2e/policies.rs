@@ -237,6 +237,16 @@ async fn blocklist_blocks_mid_stream_without_leaking_and_masks_requests() {
     let last = s.chunks().pop().unwrap();
     assert_eq!(last["choices"][0]["finish_reason"], "content_filter");
     assert!(!s.raw.contains("tomorrow"));
+    // The chunks weir writes itself carry the upstream's id and created,
+    // and every chunk the client's model name.
+    let chunks = s.chunks();
+    assert!(chunks.len() >= 2, "{chunks:?}");
+    for chunk in &chunks {
+        assert_eq!(chunk["id"], chunks[0]["id"], "{chunk}");
+        assert_eq!(chunk["created"], chunks[0]["created"], "{chunk}");
+        assert_eq!(chunk["model"], "chat", "{chunk}");
+    }
+    assert!(chunks[0]["id"].as_str().is_some_and(|id| !id.is_empty()));
 
     // Not streamed: 200, text removed, finish_reason and x-weir-policy set.
     up.push(Reply::Chat(Chat::text(&["all about project falcon"])));

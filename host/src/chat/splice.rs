@@ -24,6 +24,8 @@ pub enum Edit<'a> {
     Set(&'a [u8]),
     /// Leave it out (nothing happens where absent).
     Remove,
+    /// Leave it as it is (for a key scanned for before one edited).
+    Keep,
 }
 
 /// `json` with its top-level members edited as `edits` say, every other
@@ -123,7 +125,8 @@ impl Members {
         json.get(self.range(i)?)
     }
 
-    fn range(&self, i: usize) -> Option<Range<usize>> {
+    /// Where the value of the `i`th key scanned for is, if present.
+    pub fn range(&self, i: usize) -> Option<Range<usize>> {
         Some(self.members.get((*self.found.get(i)?)?)?.value.clone())
     }
 
@@ -137,7 +140,7 @@ impl Members {
             match edited().find(|(_, found)| **found == Some(i)) {
                 Some(((_, Edit::Remove), _)) => None,
                 Some(((_, Edit::Set(value)), _)) => Some(Some(*value)),
-                None => Some(None),
+                Some(((_, Edit::Keep), _)) | None => Some(None),
             }
         };
         let inserted = || {

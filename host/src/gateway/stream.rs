@@ -23,7 +23,7 @@ use serde_json::json;
 
 use super::chat::{Pricing, PromptEstimate};
 use super::{Body, Gateway, Model, RequestLog, Target, chat};
-use crate::chat::splice::Edit;
+use crate::chat::splice::{self, Edit};
 use crate::chat::{ChatChunk, ChunkChoice, Delta, Usage};
 use crate::metrics;
 use crate::policy::PricePhase;
@@ -59,8 +59,11 @@ pub(super) struct ClientStream {
     ended: Vec<u32>,
     /// Choices seen, for a final flush if the upstream never finished them.
     seen: Vec<u32>,
-    /// `id` and `created` of the last chunk, for chunks weir writes itself.
+    /// `id` and `created` of the last chunk, for chunks weir writes itself
+    /// (read from `last_raw` instead when that is newer).
     last: (String, u64),
+    /// The last chunk, when it passed through guardrails undecoded.
+    last_raw: Option<String>,
     /// The client's model name as JSON, spliced into passed-through chunks.
     model_json: Vec<u8>,
     first_sent: bool,
@@ -87,10 +90,9 @@ impl ClientStream {
         log: RequestLog,
     ) -> Self {
         let mut source = source;
-        if chain.is_none() {
-            // Nothing inspects the text: chunks may pass as they came.
-            source.pass_through();
-        }
+        // Chunks pass as they came, `model` spliced in; guardrails read and
+        // rewrite their text where it is.
+        source.pass_through(chain.is_some());
         let model_json = serde_json::to_vec(&model.name).unwrap_or_default();
         ClientStream {
             gw,
@@ -106,6 +108,7 @@ impl ClientStream {
             ended: Vec::new(),
             seen: Vec::new(),
             last: (String::new(), 0),
+            last_raw: None,
             model_json,
             first_sent: false,
             log,
@@ -134,11 +137,15 @@ impl ClientStream {
                 None => None,
             };
             match next {
-                Some(Ok(StreamItem::Raw(raw))) => {
-                    if let Some(bytes) = self.pass(raw) {
+                Some(Ok(StreamItem::Raw(raw))) => match self.guard_raw(raw).await {
+                    Ok(Some(bytes)) => return Some(bytes),
+                    Ok(None) => {}
+                    Err(stop) => {
+                        let bytes = self.stop(stop);
+                        self.record().await;
                         return Some(bytes);
                     }
-                }
+                },
                 Some(Ok(StreamItem::Chunk(mut chunk))) => {
                     if let Err(stop) = self.guard(&mut chunk).await {
                         let bytes = self.stop(stop);
@@ -179,6 +186,7 @@ impl ClientStream {
     /// gets its guards' last word first.
     async fn guard(&mut self, chunk: &mut ChatChunk) -> Result<(), Stop> {
         self.last = (chunk.id.clone(), chunk.created);
+        self.last_raw = None;
         let Some(chain) = &mut self.chain else {
             return Ok(());
         };
@@ -203,6 +211,112 @@ impl ClientStream {
             }
         }
         Ok(())
+    }
+
+    /// A passed-through chunk: its texts through the guardrails (if any),
+    /// each released text written where the text was; `Ok(None)` when
+    /// nothing is left for the client. What a splice cannot express (a
+    /// delta held whole, which drops its choice) is decoded and encoded.
+    async fn guard_raw(&mut self, raw: RawChunk) -> Result<Option<Bytes>, Stop> {
+        let Some(chain) = &mut self.chain else {
+            return Ok(self.pass(raw));
+        };
+        for t in &raw.texts {
+            if !self.seen.contains(&t.index) {
+                self.seen.push(t.index);
+            }
+        }
+        if raw.texts.iter().all(|t| t.range.is_none()) {
+            return Ok(self.pass(raw));
+        }
+        // Per choice: the text released, and whether it had any.
+        let mut released = Vec::with_capacity(raw.texts.len());
+        for t in &raw.texts {
+            let Some(text) = raw.text(t) else {
+                released.push(None);
+                continue;
+            };
+            let had_text = !text.is_empty();
+            released.push(Some((chain.on_chunk(t.index, text).await?, had_text)));
+        }
+        let held_whole = released
+            .iter()
+            .any(|r| matches!(r, Some((out, true)) if out.is_empty()));
+        if !held_whole && let Some(bytes) = self.splice_released(&raw, &released) {
+            // For the chunks weir writes itself (a block, a last flush).
+            self.last_raw = Some(raw.data);
+            return Ok(Some(bytes));
+        }
+        let Ok(mut chunk) = serde_json::from_str::<ChatChunk>(&raw.data) else {
+            return Ok(None);
+        };
+        self.last = (chunk.id.clone(), chunk.created);
+        self.last_raw = None;
+        for (choice, r) in chunk.choices.iter_mut().zip(released) {
+            if let Some((out, had_text)) = r {
+                choice.delta.content = (!out.is_empty() || !had_text).then_some(out);
+            }
+        }
+        Ok(self.encode(chunk))
+    }
+
+    /// `raw` with each choice's released text where its text was, `model`
+    /// spliced in and usage kept only if asked for; `None` if the splice
+    /// cannot be made.
+    fn splice_released(
+        &mut self,
+        raw: &RawChunk,
+        released: &[Option<(String, bool)>],
+    ) -> Option<Bytes> {
+        let data = raw.data.as_bytes();
+        let choices = raw.members.range(2)?;
+        let mut edits = Vec::new();
+        for (t, r) in raw.texts.iter().zip(released) {
+            let (Some(range), Some((out, _))) = (&t.range, r) else {
+                continue;
+            };
+            let json = raw.data.get(range.clone())?;
+            let unchanged = !json.contains('\\') && json.get(1..json.len() - 1) == Some(out);
+            if !unchanged {
+                let at = range.start.checked_sub(choices.start)?;
+                edits.push((at..at + range.len(), serde_json::to_vec(out).ok()?));
+            }
+        }
+        let new_choices = match edits.is_empty() {
+            true => None,
+            false => Some(splice::replace(data.get(choices)?, &edits)?),
+        };
+        let edits = [
+            ("model", Edit::Set(&self.model_json)),
+            (
+                "usage",
+                if self.include_usage {
+                    Edit::Keep
+                } else {
+                    Edit::Remove
+                },
+            ),
+            (
+                "choices",
+                new_choices.as_deref().map_or(Edit::Keep, Edit::Set),
+            ),
+        ];
+        let json = raw.members.edit(data, &edits)?;
+        if let Some(usage) = &raw.usage {
+            self.usage = Some(usage.clone());
+        }
+        if !self.first_sent {
+            self.first_sent = true;
+            metrics::time_to_first_token(&self.model.name, self.log.start.elapsed());
+        }
+        self.output_bytes += released
+            .iter()
+            .flatten()
+            .map(|(out, _)| out.len())
+            .sum::<usize>();
+        let mut out = Vec::with_capacity(json.len() + 8);
+        sse::encode_data(&json, &mut out);
+        Some(Bytes::from(out))
     }
 
     /// At a clean end, run `on-end` for choices the upstream never finished.
@@ -232,10 +346,24 @@ impl ClientStream {
     }
 
     fn own_chunk(&self, choices: Vec<ChunkChoice>) -> ChatChunk {
+        let (id, created) = match &self.last_raw {
+            None => self.last.clone(),
+            Some(data) => {
+                #[derive(serde::Deserialize, Default)]
+                struct Last {
+                    #[serde(default)]
+                    id: String,
+                    #[serde(default)]
+                    created: u64,
+                }
+                let last: Last = serde_json::from_str(data).unwrap_or_default();
+                (last.id, last.created)
+            }
+        };
         ChatChunk {
-            id: self.last.0.clone(),
+            id,
             object: "chat.completion.chunk".into(),
-            created: self.last.1,
+            created,
             model: self.model.name.clone(),
             choices,
             ..Default::default()

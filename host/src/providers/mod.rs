@@ -120,7 +120,7 @@ pub struct RawCompletion {
     pub texts: Vec<RawText>,
 }
 
-/// Where one choice's text is in a [`RawCompletion`].
+/// Where one choice's text is in a [`RawCompletion`] or [`RawChunk`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct RawText {
     /// The choice's `index`.
@@ -253,6 +253,18 @@ pub struct RawChunk {
     pub has_choices: bool,
     /// Bytes of `delta.content` over its choices.
     pub content_bytes: usize,
+    /// Each choice's `delta.content`, in order, where it is in `data`:
+    /// guardrails read and rewrite the text there (left empty when no
+    /// guardrail reads the stream).
+    pub texts: Vec<RawText>,
+}
+
+impl RawChunk {
+    /// The text of `t`, unescaped (`None` when it has none).
+    pub fn text(&self, t: &RawText) -> Option<String> {
+        let json = self.data.get(t.range.clone()?)?;
+        serde_json::from_str(json).ok()
+    }
 }
 
 impl ChunkStream {
@@ -266,12 +278,13 @@ impl ChunkStream {
         }
     }
 
-    /// Nothing will look at the text: OpenAI-style chunks may come as
-    /// [`StreamItem::Raw`] from now on (other providers translate, so
-    /// theirs stay decoded).
-    pub fn pass_through(&mut self) {
+    /// OpenAI-style chunks may come as [`StreamItem::Raw`] from now on
+    /// (other providers translate, so theirs stay decoded); with `texts`,
+    /// each notes where its choices' texts are, for guardrails.
+    pub fn pass_through(&mut self, texts: bool) {
         if let ChunkStream::OpenAi(r) = self {
             r.raw = true;
+            r.texts = texts;
         }
     }
 }
@@ -639,20 +652,6 @@ pub fn check_completion(bytes: Bytes) -> Result<RawCompletion, AttemptError> {
         #[allow(dead_code)]
         Cow<'a, str>,
     );
-    /// A JSON string, as it is in the bytes (quotes and escapes).
-    struct LiteText<'a>(&'a serde_json::value::RawValue);
-    impl<'de: 'a, 'a> serde::Deserialize<'de> for LiteText<'a> {
-        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            let raw = <&serde_json::value::RawValue>::deserialize(d)?;
-            match raw.get().starts_with('"') {
-                true => Ok(LiteText(raw)),
-                false => Err(serde::de::Error::invalid_type(
-                    serde::de::Unexpected::Other(raw.get()),
-                    &"a string",
-                )),
-            }
-        }
-    }
     #[derive(serde::Deserialize)]
     struct LiteChoice<'a> {
         #[serde(default)]
@@ -697,7 +696,6 @@ pub fn check_completion(bytes: Bytes) -> Result<RawCompletion, AttemptError> {
 
     let Obj(lite): Obj<Lite> = crate::chat::from_json(&bytes)
         .map_err(|e| AttemptError::Malformed(format!("not a chat completion: {e}")))?;
-    let base = bytes.as_ptr() as usize;
     let mut content_bytes = 0;
     let texts = lite
         .choices
@@ -705,14 +703,9 @@ pub fn check_completion(bytes: Bytes) -> Result<RawCompletion, AttemptError> {
         .flatten()
         .map(|Obj(choice)| {
             let content = choice.message.as_ref().and_then(|m| m.0.content.as_ref());
-            let range = content.map(|LiteText(raw)| {
-                let json = raw.get();
-                content_bytes += match json.contains('\\') {
-                    false => json.len() - 2,
-                    true => serde_json::from_str::<String>(json).map_or(0, |s| s.len()),
-                };
-                let at = json.as_ptr() as usize - base;
-                at..at + json.len()
+            let range = content.map(|text| {
+                content_bytes += text.text_len();
+                text.range(&bytes)
             });
             RawText {
                 index: choice.index.unwrap_or_default(),
@@ -744,6 +737,41 @@ pub fn check_completion(bytes: Bytes) -> Result<RawCompletion, AttemptError> {
         content_bytes,
         texts,
     })
+}
+
+/// A JSON string as it is in the bytes it was read from (quotes and
+/// escapes): where it is, and its length unescaped.
+pub(crate) struct LiteText<'a>(pub &'a serde_json::value::RawValue);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for LiteText<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = <&serde_json::value::RawValue>::deserialize(d)?;
+        match raw.get().starts_with('"') {
+            true => Ok(LiteText(raw)),
+            false => Err(serde::de::Error::invalid_type(
+                serde::de::Unexpected::Other(raw.get()),
+                &"a string",
+            )),
+        }
+    }
+}
+
+impl LiteText<'_> {
+    /// Where the string is in `within` (the text it was read from).
+    pub fn range(&self, within: &[u8]) -> std::ops::Range<usize> {
+        let json = self.0.get();
+        let at = json.as_ptr() as usize - within.as_ptr() as usize;
+        at..at + json.len()
+    }
+
+    /// Its length unescaped.
+    pub fn text_len(&self) -> usize {
+        let json = self.0.get();
+        match json.contains('\\') {
+            false => json.len() - 2,
+            true => serde_json::from_str::<String>(json).map_or(0, |s| s.len()),
+        }
+    }
 }
 
 /// Limits for reading whole upstream bodies.

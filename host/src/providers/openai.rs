@@ -240,6 +240,8 @@ pub struct ChunkReader {
     ended: bool,
     /// Chunks may be passed through as they came (see [`RawChunk`]).
     pub(super) raw: bool,
+    /// Raw chunks note where their texts are.
+    pub(super) texts: bool,
 }
 
 impl ChunkReader {
@@ -254,6 +256,7 @@ impl ChunkReader {
             saw_finish: false,
             ended: false,
             raw: false,
+            texts: false,
         }
     }
 
@@ -265,7 +268,7 @@ impl ChunkReader {
                 return end.map(Err);
             }
             if let Some(event) = self.events.pop_front() {
-                match read_raw(event) {
+                match read_raw(event, self.texts) {
                     Ok(raw) => return Some(Ok(StreamItem::Raw(raw))),
                     // Errors, `[DONE]`, a finish and anything unusual are
                     // decoded.
@@ -353,12 +356,17 @@ pub const RAW_KEYS: [&str; 4] = ["model", "usage", "choices", "error"];
 /// A plain chunk event read for pass-through, or the event back when it is
 /// not one (`[DONE]`, an error, a finish, anything unusual: those are
 /// decoded). One scan for the top-level members; only `choices` (and a
-/// non-null `usage`) are parsed.
-fn read_raw(event: SseEvent) -> Result<RawChunk, SseEvent> {
+/// non-null `usage`) are parsed; with `texts`, where each choice's text is
+/// is noted.
+fn read_raw(event: SseEvent, texts: bool) -> Result<RawChunk, SseEvent> {
     use std::borrow::Cow;
+
+    use super::{LiteText, RawText};
 
     #[derive(serde::Deserialize)]
     struct LiteChoice<'a> {
+        #[serde(default)]
+        index: Option<u32>,
         #[serde(borrow, default)]
         delta: Option<LiteDelta<'a>>,
         #[serde(borrow, default)]
@@ -367,7 +375,7 @@ fn read_raw(event: SseEvent) -> Result<RawChunk, SseEvent> {
     #[derive(serde::Deserialize)]
     struct LiteDelta<'a> {
         #[serde(borrow, default)]
-        content: Option<Cow<'a, str>>,
+        content: Option<LiteText<'a>>,
     }
 
     let data = event.data.as_bytes();
@@ -400,11 +408,24 @@ fn read_raw(event: SseEvent) -> Result<RawChunk, SseEvent> {
     if choices.iter().any(|c| c.finish_reason.is_some()) {
         return Err(event);
     }
+    fn content<'c>(c: &'c LiteChoice<'_>) -> Option<&'c LiteText<'c>> {
+        c.delta.as_ref()?.content.as_ref()
+    }
     let content_bytes = choices
         .iter()
-        .filter_map(|c| c.delta.as_ref()?.content.as_ref())
-        .map(|c| c.len())
+        .filter_map(content)
+        .map(LiteText::text_len)
         .sum();
+    let texts = match texts {
+        false => Vec::new(),
+        true => choices
+            .iter()
+            .map(|c| RawText {
+                index: c.index.unwrap_or_default(),
+                range: content(c).map(|text| text.range(data)),
+            })
+            .collect(),
+    };
     let has_choices = !choices.is_empty();
     drop(choices);
     Ok(RawChunk {
@@ -413,6 +434,7 @@ fn read_raw(event: SseEvent) -> Result<RawChunk, SseEvent> {
         usage,
         has_choices,
         content_bytes,
+        texts,
     })
 }
 
@@ -462,7 +484,7 @@ mod tests {
     #[test]
     fn plain_chunks_pass_and_the_rest_is_decoded() {
         let chunk = r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"h\u00e9llo"},"finish_reason":null}],"usage":null}"#;
-        let raw = read_raw(event(chunk)).unwrap();
+        let raw = read_raw(event(chunk), false).unwrap();
         assert_eq!(raw.content_bytes, "héllo".len());
         assert!(raw.has_choices);
         assert!(raw.usage.is_none());
@@ -472,7 +494,7 @@ mod tests {
         );
 
         let usage = r#"{"id":"c","model":"m","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}"#;
-        let raw = read_raw(event(usage)).unwrap();
+        let raw = read_raw(event(usage), false).unwrap();
         assert!(!raw.has_choices);
         assert_eq!(raw.usage.map(|u| u.total_tokens), Some(5));
 
@@ -485,8 +507,8 @@ mod tests {
             r#"{"model":"a","model":"b","choices":[]}"#,
             r#"{"choices":"not a list"}"#,
         ] {
-            assert!(read_raw(event(data)).is_err(), "{data}");
+            assert!(read_raw(event(data), false).is_err(), "{data}");
         }
-        assert!(read_raw(event(r#"{"error":null,"choices":[]}"#)).is_ok());
+        assert!(read_raw(event(r#"{"error":null,"choices":[]}"#), false).is_ok());
     }
 }
