@@ -131,6 +131,11 @@ fn base_config() -> Config {
     // are plenty for policy code and keep the pool's footprint small.
     config.max_wasm_stack(384 << 10);
     config.async_stack_size(512 << 10);
+    // Profiling guest code (docs/policies.md): name every compiled function
+    // in /tmp/perf-<pid>.map.
+    if std::env::var_os("WEIR_PERFMAP").is_some() {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     config
 }
 
