@@ -283,16 +283,19 @@ fn scan_candidates<const EVERY_BYTE: bool>(text: &str, enabled: EntitySet) -> Ve
     found
 }
 
-/// The first byte at or after `from` that may start an entity: a byte of
-/// [`STARTS`] — where it is a letter or digit, only after a byte that is
-/// neither, since no entity starts inside a word (`tok0042`, "things") —
+/// The first byte at or after `from` that may start an entity: a letter
+/// or digit only at a word start (no entity starts inside a word:
+/// `tok0042`, "things"), and only where the next byte lets a detector go
+/// on — a capital before a capital (an IBAN's country, `AKIA`), `s` before
+/// `k` (`sk-`), `g` before `h` or `i` (`ghp_`, `github_pat_`), `+` or `(`
+/// before a digit, `-` before `-` (a PEM header) — or an email's `@`;
 /// found eight bytes at a time. In WebAssembly, where every load is
 /// bounds-checked, a table lookup a byte made `find` over a 1 KB prompt
 /// cost about 2.4 µs; eight bytes at a time, stopping at every `s`, `g`
-/// and byte from `(` to `Z`, about 0.8; stopping only where a detector may
-/// start, a few times per sentence, cut the guest's instructions per
-/// benchmark request (a 900-byte prompt and a 160-byte answer) from 57.8k
-/// to 50.5k.
+/// and byte from `(` to `Z`, about 0.8; stopping only at word starts cut
+/// the guest's instructions per benchmark request (a 900-byte prompt and a
+/// 160-byte answer) from 57.8k to 50.5k, and reading the next byte too
+/// skips the capitals and `s` words of English prose ("You", "say").
 fn next_start(b: &[u8], mut i: usize) -> Option<usize> {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGH: u64 = ONES * 0x80;
@@ -300,20 +303,29 @@ fn next_start(b: &[u8], mut i: usize) -> Option<usize> {
     // the next byte: `y + (0x80 - lo)` sets bit 7 where the byte is at
     // least `lo`; `y ^ c` is below 0x80 and `+ 0x7F` leaves bit 7 clear
     // only where it was 0, where the byte was `c`. Only bit 7 of each byte
-    // of these is meaningful.
+    // of these is meaningful. A byte of `y` with bit 7 set in the original
+    // may look like some ASCII byte: for a neighbour that only makes a
+    // stop that finds nothing, and a byte itself is excluded (`& !x`).
     let at_least = |y: u64, lo: u8| y + ONES * u64::from(0x80 - lo);
     let within = |y: u64, lo: u8, hi: u8| at_least(y, lo) & !at_least(y, hi + 1);
     let is = |y: u64, c: u8| !((y ^ (ONES * u64::from(c))) + ONES * 0x7F);
     while let Some(Ok(bytes)) = b.get(i..i + 8).map(<[u8; 8]>::try_from) {
         let x = u64::from_le_bytes(bytes);
-        // Each byte's predecessor, in its lane.
+        // Each byte's predecessor and successor, in its lane.
         let before = i.checked_sub(1).map_or(0, |j| b[j]);
+        let after = b.get(i + 8).copied().unwrap_or(0);
         let p = (x << 8) | u64::from(before);
-        let (y, py) = (x & !HIGH, p & !HIGH);
-        let after_alnum =
-            (within(py, b'0', b'9') | within(py, b'A', b'Z') | within(py, b'a', b'z')) & !p;
-        let alnum_start = within(y, b'0', b'9') | within(y, b'A', b'Z') | is(y, b's') | is(y, b'g');
-        let other_start = is(y, b'+') | is(y, b'(') | is(y, b'@') | is(y, b'-');
+        let n = (x >> 8) | (u64::from(after) << 56);
+        let (y, py, ny) = (x & !HIGH, p & !HIGH, n & !HIGH);
+        let digit = |v: u64| within(v, b'0', b'9');
+        let upper = |v: u64| within(v, b'A', b'Z');
+        let after_alnum = (digit(py) | upper(py) | within(py, b'a', b'z')) & !p;
+        let alnum_start = digit(y)
+            | (upper(y) & upper(ny))
+            | (is(y, b's') & is(ny, b'k'))
+            | (is(y, b'g') & (is(ny, b'h') | is(ny, b'i')));
+        let other_start =
+            ((is(y, b'+') | is(y, b'(')) & digit(ny)) | is(y, b'@') | (is(y, b'-') & is(ny, b'-'));
         let found = (other_start | (alnum_start & !after_alnum)) & !x & HIGH;
         if found != 0 {
             return Some(i + (found.trailing_zeros() / 8) as usize);
@@ -321,25 +333,24 @@ fn next_start(b: &[u8], mut i: usize) -> Option<usize> {
         i += 8;
     }
     let rest = b.get(i..)?;
-    (i..i + rest.len()).find(|&at| {
-        STARTS[usize::from(b[at])]
-            && !(is_alnum(b[at]) && at.checked_sub(1).is_some_and(|j| is_alnum(b[j])))
-    })
+    (i..i + rest.len()).find(|&at| may_start(b, at))
 }
 
-/// The bytes that can start an entity (or are an email's `@`).
-static STARTS: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut c = 0;
-    while c < 256 {
-        table[c] = matches!(
-            c as u8,
-            b'0'..=b'9' | b'A'..=b'Z' | b'+' | b'(' | b's' | b'g' | b'@' | b'-'
-        );
-        c += 1;
+/// [`next_start`]'s test for one byte.
+fn may_start(b: &[u8], at: usize) -> bool {
+    let next = b.get(at + 1).copied().unwrap_or(0);
+    let word_start = || at.checked_sub(1).is_none_or(|j| !is_alnum(b[j]));
+    match b[at] {
+        b'0'..=b'9' => word_start(),
+        b'A'..=b'Z' => next.is_ascii_uppercase() && word_start(),
+        b's' => next == b'k' && word_start(),
+        b'g' => matches!(next, b'h' | b'i') && word_start(),
+        b'+' | b'(' => next.is_ascii_digit(),
+        b'-' => next == b'-',
+        b'@' => true,
+        _ => false,
     }
-    table
-};
+}
 
 /// Keep the highest-priority matches that don't overlap, in text order.
 pub fn settle(mut found: Vec<Match>) -> Vec<Match> {
@@ -864,6 +875,8 @@ mod tests {
                     "a@b.co", "john@example.com", "x", "ID", "9", "Zz", "é", " ", "-", ".",
                     "things", "sgS9g", "Request 42:",
                     "+", "(", ")", "@", "_", ":",
+                    "s", "k", "sk", "g", "h", "gi", "github_pat_11ABCDEFG0123456789_abcdefghij",
+                    "A", "K", "G", "B8", "GB", "--", "-----END PRIVATE KEY-----", "+4", "(4",
                 ]),
                 1..12,
             ),
