@@ -173,6 +173,10 @@ pub fn check_chunk(settings: &Settings, text: String, after_word: &mut bool) -> 
     }
     match settings.filter.offer(&text, *after_word) {
         Step::Denied => blocked(),
+        Step::Pass { ends_in_word } => {
+            *after_word = ends_in_word;
+            ChunkVerdict::Pass
+        }
         Step::Split {
             release,
             hold,

@@ -103,8 +103,14 @@ fn push_redacted(step: &mut Step, text: &str, matches: &[Match]) {
     for m in matches {
         step.found = step.found.with(m.entity);
     }
-    step.release
-        .push_str(&detect::redact_matches(text, matches));
+    if matches.is_empty() {
+        step.release.push_str(text);
+    } else if step.release.is_empty() {
+        step.release = detect::redact_matches(text, matches);
+    } else {
+        step.release
+            .push_str(&detect::redact_matches(text, matches));
+    }
 }
 
 /// Bytes that can be part of an entity's token.
