@@ -19,7 +19,6 @@ use super::{
     read_client_body, usd,
 };
 use crate::auth::Caller;
-use crate::chat::splice::{self, Edit};
 use crate::chat::{ChatCompletion, ChatRequest, Usage};
 use crate::error::GatewayError;
 use crate::limits::RateInfo;
@@ -260,14 +259,7 @@ fn splice_texts(raw: &RawCompletion, outcomes: &[Guarded], name: &[u8]) -> Optio
             (None, Some(_)) => return None,
         }
     }
-    let edited;
-    let body = if edits.is_empty() {
-        &raw.bytes[..]
-    } else {
-        edited = splice::replace(&raw.bytes, &edits)?;
-        &edited
-    };
-    splice::with_members(body, &[("model", Edit::Set(name))])
+    raw.edited(edits, name)
 }
 
 /// The request's prompt tokens as weir estimates them: counted before it
@@ -365,8 +357,7 @@ async fn answer_whole(
         };
         match chain.as_mut() {
             None => {
-                if let Some(body) = splice::with_members(&raw.bytes, &[("model", Edit::Set(&name))])
-                {
+                if let Some(body) = raw.edited(Vec::new(), &name) {
                     let usage = raw.usage.clone().unwrap_or_else(|| {
                         Usage::new(
                             prompt_estimate.tokens(model),

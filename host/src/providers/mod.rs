@@ -118,6 +118,8 @@ pub struct RawCompletion {
     /// Each choice's text, in order: guardrails read and rewrite it there,
     /// and the rest is never parsed in full or re-serialized.
     pub texts: Vec<RawText>,
+    /// Where the `model` string is (`None` when null or absent).
+    pub model: Option<std::ops::Range<usize>>,
 }
 
 /// Where one choice's text is in a [`RawCompletion`] or [`RawChunk`].
@@ -135,6 +137,25 @@ impl RawCompletion {
     pub fn text(&self, t: &RawText) -> Option<String> {
         let json = self.bytes.get(t.range.clone()?)?;
         serde_json::from_slice(json).ok()
+    }
+
+    /// The bytes with `edits` (ranges of them, ascending and apart) made
+    /// and `model` set to `name` (JSON): found where the check saw it, or
+    /// spliced in as a member when it was null or absent.
+    pub fn edited(
+        &self,
+        mut edits: Vec<(std::ops::Range<usize>, Vec<u8>)>,
+        name: &[u8],
+    ) -> Option<Vec<u8>> {
+        use crate::chat::splice::{self, Edit};
+
+        let Some(model) = &self.model else {
+            let body = splice::replace(&self.bytes, &edits)?;
+            return splice::with_members(&body, &[("model", Edit::Set(name))]);
+        };
+        let at = edits.partition_point(|(range, _)| range.start < model.start);
+        edits.insert(at, (model.clone(), name.to_vec()));
+        splice::replace(&self.bytes, &edits)
     }
 }
 
@@ -619,8 +640,8 @@ pub fn check_completion(bytes: Bytes) -> Result<RawCompletion, AttemptError> {
         _object: Option<LiteStr<'a>>,
         #[serde(default, rename = "created")]
         _created: Option<u64>,
-        #[serde(borrow, default, rename = "model")]
-        _model: Option<LiteStr<'a>>,
+        #[serde(borrow, default)]
+        model: Option<LiteText<'a>>,
         #[serde(borrow, default)]
         choices: Option<Vec<Obj<LiteChoice<'a>>>>,
         #[serde(default)]
@@ -696,6 +717,7 @@ pub fn check_completion(bytes: Bytes) -> Result<RawCompletion, AttemptError> {
 
     let Obj(lite): Obj<Lite> = crate::chat::from_json(&bytes)
         .map_err(|e| AttemptError::Malformed(format!("not a chat completion: {e}")))?;
+    let model = lite.model.as_ref().map(|m| m.range(&bytes));
     let mut content_bytes = 0;
     let texts = lite
         .choices
@@ -736,6 +758,7 @@ pub fn check_completion(bytes: Bytes) -> Result<RawCompletion, AttemptError> {
         usage,
         content_bytes,
         texts,
+        model,
     })
 }
 
@@ -1129,6 +1152,34 @@ mod tests {
             [Some("a \"b\"\né".into()), None, None, Some("x".into())]
         );
         assert_eq!(raw.content_bytes, "a \"b\"\né".len() + 1);
+    }
+
+    /// The model is renamed where it is, with the texts' edits around it;
+    /// null or absent, it is set as a member.
+    #[test]
+    fn raw_completions_are_edited_in_place() {
+        let edit = |body: &str, text: &str| -> Value {
+            let raw = check_completion(Bytes::from(body.to_owned())).unwrap();
+            let range = raw.texts[0].range.clone().unwrap();
+            let edits = vec![(range, serde_json::to_vec(text).unwrap())];
+            serde_json::from_slice(&raw.edited(edits, br#""chat""#).unwrap()).unwrap()
+        };
+        for body in [
+            r#"{"model":"gpt-4o","choices":[{"index":0,"message":{"content":"a@b.io"}}],"id":"c"}"#,
+            r#"{"choices":[{"index":0,"message":{"content":"a@b.io"}}],"model":"gpt-4o","id":"c"}"#,
+            r#"{"choices":[{"index":0,"message":{"content":"a@b.io"}}],"model":null,"id":"c"}"#,
+            r#"{"choices":[{"index":0,"message":{"content":"a@b.io"}}],"id":"c"}"#,
+        ] {
+            let out = edit(body, "[EMAIL]");
+            assert_eq!(out["model"], "chat", "{body}");
+            assert_eq!(out["choices"][0]["message"]["content"], "[EMAIL]", "{body}");
+            assert_eq!(out["id"], "c", "{body}");
+        }
+        let raw = check_completion(Bytes::from_static(br#"{"model":"m","choices":[]}"#)).unwrap();
+        assert_eq!(
+            raw.edited(Vec::new(), br#""chat""#).unwrap(),
+            br#"{"model":"chat","choices":[]}"#
+        );
     }
 
     /// The light check accepts exactly what the full parse accepts, and
