@@ -247,12 +247,7 @@ fn splice_texts(raw: &RawCompletion, outcomes: &[Guarded], name: &[u8]) -> Optio
         match (&t.range, text) {
             (_, None) => {}
             (Some(range), Some(text)) => {
-                let unchanged = match serde_json::from_slice::<&str>(raw.bytes.get(range.clone())?)
-                {
-                    Ok(original) => original == text,
-                    Err(_) => raw.text(t).as_ref() == Some(text),
-                };
-                if !unchanged {
+                if !t.unchanged(&raw.bytes, text) {
                     edits.push((range.clone(), serde_json::to_vec(text).ok()?));
                 }
             }
@@ -369,7 +364,11 @@ async fn answer_whole(
                 }
             }
             Some(guards) => {
-                let offered = raw.texts.iter().map(|t| (t.index, raw.text(t))).collect();
+                let offered = raw
+                    .texts
+                    .iter()
+                    .map(|t| (t.index, t.text(&raw.bytes)))
+                    .collect();
                 let (outcomes, blocked_by) = match guard_texts(guards, offered).await {
                     Ok(guarded) => guarded,
                     Err(error) => {
@@ -602,7 +601,7 @@ mod tests {
     fn guarded_texts_are_written_where_they_were() {
         let body = r#"{"id":"c-1","object":"chat.completion","created":7,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"mail jo@example.com","refusal":null},"logprobs":null,"finish_reason":"stop"},{"index":1,"message":{"role":"assistant","content":"same \"text\"\n"},"finish_reason":"stop"},{"index":2,"message":{"role":"assistant","content":null,"tool_calls":[{"id":"t","type":"function","function":{"name":"f","arguments":"{}"}}]},"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":9,"completion_tokens":12,"total_tokens":21},"system_fingerprint":"fp"}"#;
         let raw = check_completion(Bytes::from(body)).unwrap();
-        let text = |i: usize| raw.text(&raw.texts[i]);
+        let text = |i: usize| raw.texts[i].text(&raw.bytes);
         let name = br#""chat""#;
         let redacted = "mail [EMAIL] \"é\"";
         let outcomes = [

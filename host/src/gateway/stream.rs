@@ -232,7 +232,7 @@ impl ClientStream {
         // Per choice: the text released, and whether it had any.
         let mut released = Vec::with_capacity(raw.texts.len());
         for t in &raw.texts {
-            let Some(text) = raw.text(t) else {
+            let Some(text) = t.text(raw.data.as_bytes()) else {
                 released.push(None);
                 continue;
             };
@@ -275,9 +275,7 @@ impl ClientStream {
             let (Some(range), Some((out, _))) = (&t.range, r) else {
                 continue;
             };
-            let json = raw.data.get(range.clone())?;
-            let unchanged = !json.contains('\\') && json.get(1..json.len() - 1) == Some(out);
-            if !unchanged {
+            if !t.unchanged(data, out) {
                 let at = range.start.checked_sub(choices.start)?;
                 edits.push((at..at + range.len(), serde_json::to_vec(out).ok()?));
             }

@@ -132,13 +132,28 @@ pub struct RawText {
     pub range: Option<std::ops::Range<usize>>,
 }
 
-impl RawCompletion {
-    /// The text of `t`, unescaped (`None` when it has none).
-    pub fn text(&self, t: &RawText) -> Option<String> {
-        let json = self.bytes.get(t.range.clone()?)?;
-        serde_json::from_slice(json).ok()
+impl RawText {
+    /// The text, unescaped, read from `json` (the bytes it was found in);
+    /// `None` when it has none.
+    pub fn text(&self, json: &[u8]) -> Option<String> {
+        serde_json::from_slice(json.get(self.range.clone()?)?).ok()
     }
 
+    /// Whether `text` is what the string at `range` in `json` says, so it
+    /// can stay as the upstream wrote it.
+    pub fn unchanged(&self, json: &[u8], text: &str) -> bool {
+        let Some(quoted) = self.range.clone().and_then(|r| json.get(r)) else {
+            return false;
+        };
+        match serde_json::from_slice::<&str>(quoted) {
+            Ok(original) => original == text,
+            // Escaped: compare the unescaped text.
+            Err(_) => self.text(json).as_deref() == Some(text),
+        }
+    }
+}
+
+impl RawCompletion {
     /// The bytes with `edits` (ranges of them, ascending and apart) made
     /// and `model` set to `name` (JSON): found where the check saw it, or
     /// spliced in as a member when it was null or absent.
@@ -278,14 +293,6 @@ pub struct RawChunk {
     /// guardrails read and rewrite the text there (left empty when no
     /// guardrail reads the stream).
     pub texts: Vec<RawText>,
-}
-
-impl RawChunk {
-    /// The text of `t`, unescaped (`None` when it has none).
-    pub fn text(&self, t: &RawText) -> Option<String> {
-        let json = self.data.get(t.range.clone()?)?;
-        serde_json::from_str(json).ok()
-    }
 }
 
 impl ChunkStream {
@@ -1146,7 +1153,7 @@ mod tests {
                 range(0, Some(x..x + 3)),
             ]
         );
-        let texts: Vec<_> = raw.texts.iter().map(|t| raw.text(t)).collect();
+        let texts: Vec<_> = raw.texts.iter().map(|t| t.text(&raw.bytes)).collect();
         assert_eq!(
             texts,
             [Some("a \"b\"\né".into()), None, None, Some("x".into())]
@@ -1231,7 +1238,7 @@ mod tests {
             let texts: Vec<_> = checked
                 .texts
                 .iter()
-                .map(|t| (t.index, checked.text(t)))
+                .map(|t| (t.index, t.text(&checked.bytes)))
                 .collect();
             let choices: Vec<_> = parsed
                 .choices
