@@ -15,7 +15,7 @@ use weir_testkit::client::{self, get, post_json, send};
 use weir_testkit::gateway::{Gateway, run};
 use weir_testkit::upstream::{Chat, MockUpstream, Reply};
 
-use crate::policies::{entry, policy};
+use crate::policies::{entry, policy, ready};
 use crate::support::{bin, chat_body, config, start, stream_body};
 
 /// topic-filter-py's config in the tests (and in its test-config.json).
@@ -391,7 +391,10 @@ async fn go_length_limit_refuses_long_requests_and_ends_long_responses() {
         r.json()["choices"][0]["message"]["content"],
         "01234567890123456789"
     );
-    assert_eq!(instantiations(&gw, "length-limit-go").await, 14);
+    // The load's smoke call, one per request (13), and the 4 made ahead
+    // for the next requests once the last response went out.
+    ready(&gw, "length-limit-go", 4).await;
+    assert_eq!(instantiations(&gw, "length-limit-go").await, 14 + 4);
 }
 
 /// Go's garbage collector runs in length-limit-go only where the component

@@ -473,6 +473,14 @@ async fn instances_are_fresh_per_request_unless_reuse_is_opted_into() {
         ["count=1"; 4],
         "no state crosses requests"
     );
+    // After a request, fresh instances are made ahead of the next ones
+    // (off the latency path); each serves one request, never called before.
+    ready(&fresh, "hostile", 4).await;
+    assert_eq!(
+        counts(&fresh, &up).await,
+        ["count=1"; 4],
+        "a stocked instance is as fresh as one made for the request"
+    );
     drop(fresh);
     let reused = start(&config(
         &up,
@@ -871,4 +879,19 @@ async fn embedded_default_applies_the_bundled_guardrails() {
         "{text}"
     );
     gw.wait_for_log("bundled guardrails", Duration::from_secs(1));
+}
+
+/// Wait until `policy` has `count` fresh instances made ahead of requests
+/// (they are made after a response went out).
+pub async fn ready(gw: &Gateway, policy: &str, count: u32) {
+    let line = format!("weir_policy_instances_ready{{policy=\"{policy}\"}} {count}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = get(&gw.admin_url("/metrics"), None).await.text();
+        if metrics.lines().any(|l| l == line) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

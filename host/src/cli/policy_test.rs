@@ -252,7 +252,7 @@ struct Outcome {
 }
 
 async fn run_case(
-    runtime: &PolicyRuntime,
+    runtime: &Arc<PolicyRuntime>,
     policy: &Arc<crate::policy::Policy>,
     case: &Case,
     ctx: &RequestContext,

@@ -386,7 +386,7 @@ async fn answer_whole(
                     break 'raw;
                 };
                 if let Some(chain) = chain.take() {
-                    chain.finish().await;
+                    chain.release().await;
                 }
                 let usage = raw.usage.clone().unwrap_or_else(|| {
                     let released: usize = outcomes
@@ -417,7 +417,7 @@ async fn answer_whole(
     let blocked_by = match (chain, pending) {
         (Some(chain), Some((outcomes, blocked_by))) => {
             apply(&mut completion, outcomes);
-            chain.finish().await;
+            chain.release().await;
             blocked_by
         }
         (Some(mut chain), None) => {
@@ -429,7 +429,7 @@ async fn answer_whole(
             match guard_texts(&mut chain, texts).await {
                 Ok((outcomes, blocked_by)) => {
                     apply(&mut completion, outcomes);
-                    chain.finish().await;
+                    chain.release().await;
                     blocked_by
                 }
                 Err(error) => {

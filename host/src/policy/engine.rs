@@ -3,8 +3,9 @@
 //! One [`Engine`] for the process: Cranelift, epoch interruption (a 1 ms
 //! ticker thread; a hook's `timeout_ms` becomes a deadline in ticks, which
 //! costs far less guest time than fuel; the thread ticks only while some
-//! policy store exists and sleeps otherwise, so a gateway with no policy
-//! work is not woken a thousand times a second), and the pooling allocator so a
+//! policy store serves a request — not for idle or stocked instances — and
+//! sleeps otherwise, so a gateway with no policy work is not woken a
+//! thousand times a second), and the pooling allocator so a
 //! per-request instance reuses pre-mapped memory slots instead of paying for
 //! mmap/munmap. If the pool cannot reserve its address space (a tight
 //! `ulimit -v`, say) the engine falls back to on-demand allocation and says
@@ -33,6 +34,12 @@ use super::state::{PolicyMeta, PolicyState};
 
 /// Epoch ticks per millisecond of deadline.
 const TICK: Duration = Duration::from_millis(1);
+
+/// Pool slots beyond `server.policy_instances` for fresh instances made
+/// ahead of requests (the guardrails' stock, `guardrail::FRESH_STOCK` per
+/// policy): a stocked instance never takes a request's place in the
+/// budget.
+pub const STOCK_SLOTS: u32 = 32;
 
 /// Engine settings from the gateway's config.
 #[derive(Debug, Clone)]
@@ -80,13 +87,16 @@ pub struct PolicyEngine {
     engine: Engine,
     linker: Linker<PolicyState>,
     permits: Arc<Semaphore>,
+    /// Slots for instances made ahead of requests ([`STOCK_SLOTS`]).
+    stock_permits: Arc<Semaphore>,
     cache_dir: Option<PathBuf>,
     compat: String,
     pooled: bool,
     ticker: Arc<Ticker>,
 }
 
-/// The epoch ticker's switch: it ticks while `stores > 0`.
+/// The epoch ticker's switch: it ticks while `stores > 0` (stores serving
+/// a request).
 #[derive(Default)]
 struct Ticker {
     stores: AtomicUsize,
@@ -143,12 +153,13 @@ impl PolicyEngine {
     /// Build the engine: pooled if the address space allows, else on demand.
     pub fn new(options: &EngineOptions) -> anyhow::Result<PolicyEngine> {
         let max_memory = (options.max_memory_mb as usize) << 20;
+        let slots = options.instances + STOCK_SLOTS;
         let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(options.instances)
-            .total_core_instances(options.instances * 4)
-            .total_memories(options.instances * 2)
-            .total_tables(options.instances * 4)
-            .total_stacks(options.instances)
+        pool.total_component_instances(slots)
+            .total_core_instances(slots * 4)
+            .total_memories(slots * 2)
+            .total_tables(slots * 4)
+            .total_stacks(slots)
             .max_memory_size(max_memory)
             .max_component_instance_size(1 << 20)
             .max_core_instance_size(4 << 20)
@@ -197,6 +208,7 @@ impl PolicyEngine {
             engine,
             linker,
             permits: Arc::new(Semaphore::new(options.instances as usize)),
+            stock_permits: Arc::new(Semaphore::new(STOCK_SLOTS as usize)),
             cache_dir: options.cache_dir.clone(),
             compat,
             pooled: is_pooled,
@@ -268,6 +280,18 @@ impl PolicyEngine {
     /// A slot in the instance budget, or `None` when the pool is full.
     pub fn try_permit(&self) -> Option<OwnedSemaphorePermit> {
         self.permits.clone().try_acquire_owned().ok()
+    }
+
+    /// A slot for an instance made ahead of a request, or `None` when the
+    /// stock's slots are all taken.
+    pub fn try_stock_permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.stock_permits.clone().try_acquire_owned().ok()
+    }
+
+    /// Keeps the epoch ticker running while held: by every store that is
+    /// serving a request.
+    pub fn ticking(&self) -> Ticking {
+        self.ticker.start()
     }
 
     /// Epoch ticks for a deadline of `ms` milliseconds (at least one tick,

@@ -1,6 +1,9 @@
 //! A request's guardrails: one fresh instance per guardrail, in order
 //! (global ones first, then the model's), kept from `on-request` to the
-//! response's last chunk.
+//! response's last chunk. Fresh instances are made ahead of requests (a
+//! small stock per policy, topped up after each response) so a request
+//! neither instantiates on its way to the upstream nor frees its instances
+//! before answering.
 //!
 //! Holding is done here, per guard and per choice: a guard that answers
 //! `hold` (or `partial`) keeps that text, and it is offered again in front of
@@ -17,6 +20,7 @@
 //! on. Either way the failure is logged with the policy's name and counted.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use serde_json::{Map, Value};
@@ -98,6 +102,27 @@ pub(super) struct Idle {
 /// machine; more would only hold memory.
 const MAX_IDLE: usize = 16;
 
+/// A fresh instance made ahead of a request, off its latency path: never
+/// called, so it carries nothing from any request. It holds a stock slot
+/// (`engine::STOCK_SLOTS`), not one of the request budget, while it waits.
+pub(super) struct Fresh {
+    store: Store<PolicyState>,
+    bindings: Guardrail,
+    _slot: OwnedSemaphorePermit,
+}
+
+/// A policy's fresh instances: those ready, and how many are being made.
+#[derive(Default)]
+pub(super) struct Stock {
+    ready: Vec<Fresh>,
+    making: usize,
+}
+
+/// Fresh instances kept ready per policy (without `reuse_instances`): a
+/// request takes one instead of instantiating on its way to the upstream,
+/// and the stock is topped up after the response went out.
+pub(super) const FRESH_STOCK: usize = 4;
+
 struct Guard {
     policy: Arc<Policy>,
     /// `None` once the guard failed (with `on_error = "allow"`).
@@ -165,6 +190,10 @@ pub(super) fn describe_failure(e: &wasmtime::Error) -> (&'static str, String) {
 pub struct GuardChain {
     guards: Vec<Guard>,
     info: wit::RequestInfo,
+    runtime: Arc<PolicyRuntime>,
+    /// The policies whose fresh-instance stock this request drew on (or
+    /// found empty): topped up by [`GuardChain::finish`].
+    stocked: Vec<Arc<Policy>>,
 }
 
 impl std::fmt::Debug for GuardChain {
@@ -329,13 +358,14 @@ fn apply_rewrite(chat: &mut ChatRequest, messages: &[wit::Message]) {
 impl GuardChain {
     /// Instantiate every guardrail for a request.
     pub async fn start(
-        runtime: &PolicyRuntime,
+        runtime: &Arc<PolicyRuntime>,
         policies: &[Arc<Policy>],
         ctx: &RequestContext,
     ) -> Result<GuardChain, Stop> {
         let info = ctx.info();
         let request_id: Arc<str> = ctx.request_id.as_str().into();
         let mut guards = Vec::with_capacity(policies.len());
+        let mut stocked = Vec::new();
         for policy in policies {
             let mut guard = Guard {
                 policy: policy.clone(),
@@ -358,7 +388,9 @@ impl GuardChain {
                 .flatten();
             if let Some(idle) = reused {
                 let mut store = idle.store;
-                store.data_mut().serve(request_id.clone());
+                store
+                    .data_mut()
+                    .serve(request_id.clone(), runtime.engine.ticking());
                 guard.live = Some(Live {
                     store,
                     bindings: idle.bindings,
@@ -379,6 +411,30 @@ impl GuardChain {
                     reason: "the policy instance pool is full (server.policy_instances)".into(),
                 });
             };
+            if policy.limits.reuse == 0 {
+                stocked.push(policy.clone());
+                let fresh = {
+                    let mut stock = policy.stock.lock();
+                    let fresh = stock.ready.pop();
+                    policy.metrics.ready.set(stock.ready.len() as f64);
+                    fresh
+                };
+                if let Some(fresh) = fresh {
+                    let mut store = fresh.store;
+                    store
+                        .data_mut()
+                        .serve(request_id.clone(), runtime.engine.ticking());
+                    guard.live = Some(Live {
+                        store,
+                        bindings: fresh.bindings,
+                        response: None,
+                        permit,
+                        uses: 0,
+                    });
+                    guards.push(guard);
+                    continue;
+                }
+            }
             let started = Instant::now();
             let mut store = runtime
                 .engine
@@ -405,7 +461,12 @@ impl GuardChain {
             }
             guards.push(guard);
         }
-        Ok(GuardChain { guards, info })
+        Ok(GuardChain {
+            guards,
+            info,
+            runtime: runtime.clone(),
+            stocked,
+        })
     }
 
     /// Is there anything to run?
@@ -476,8 +537,15 @@ impl GuardChain {
             .into_iter()
             .partition(|g| g.policy.hooks.responses);
         self.guards = responses;
-        for guard in done {
-            retire(guard, &self.info.key_name).await;
+        if !done.is_empty() {
+            // Freed off the request's way to the upstream: dropping a store
+            // resets its memory.
+            let tenant = self.info.key_name.clone();
+            tokio::spawn(async move {
+                for guard in done {
+                    retire(guard, &tenant).await;
+                }
+            });
         }
         Ok(())
     }
@@ -674,10 +742,32 @@ impl GuardChain {
     /// The response ended cleanly: instances of policies that opted into
     /// reuse go back to their policy's idle list (their response guard
     /// dropped first); the rest are freed.
-    pub async fn finish(self) {
-        for guard in self.guards {
+    /// Then the stock of fresh instances is topped up for the next
+    /// requests. Callers run it after the response went out, or use
+    /// [`GuardChain::release`].
+    pub async fn finish(mut self) {
+        for guard in std::mem::take(&mut self.guards) {
             retire(guard, &self.info.key_name).await;
         }
+        for policy in std::mem::take(&mut self.stocked) {
+            restock(&self.runtime, &policy).await;
+        }
+    }
+
+    /// The response is complete and about to be sent: instances that serve
+    /// again go back to their idle lists now (the client's next request may
+    /// follow at once), and the rest of [`GuardChain::finish`] — freeing
+    /// fresh instances, topping up the stock — runs in a task of its own,
+    /// after the response went out.
+    pub async fn release(mut self) {
+        let (reused, fresh) = std::mem::take(&mut self.guards)
+            .into_iter()
+            .partition(|g| g.policy.limits.reuse > 0);
+        for guard in reused {
+            retire(guard, &self.info.key_name).await;
+        }
+        self.guards = fresh;
+        tokio::spawn(self.finish());
     }
 
     /// Is any guard holding text for some choice?
@@ -686,6 +776,84 @@ impl GuardChain {
             .iter()
             .any(|g| g.held.iter().any(|(_, h)| !h.is_empty()))
     }
+}
+
+impl Drop for GuardChain {
+    /// A request that ended early (denied, failed, its client gone) tops up
+    /// the stock it drew on too, in a task of its own.
+    fn drop(&mut self) {
+        if self.stocked.is_empty() {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (runtime, stocked) = (self.runtime.clone(), std::mem::take(&mut self.stocked));
+        handle.spawn(async move {
+            for policy in stocked {
+                restock(&runtime, &policy).await;
+            }
+        });
+    }
+}
+
+/// Make fresh instances of `policy` until its stock is full (or the
+/// stock's slots are all taken, or instantiating fails: the next request
+/// then instantiates on its own and reports why).
+async fn restock(runtime: &PolicyRuntime, policy: &Policy) {
+    let Pre::Guardrail(pre) = &policy.pre else {
+        return;
+    };
+    while !policy.no_stock.load(Ordering::Relaxed) {
+        {
+            // Counted before it is made: concurrent top-ups never make
+            // more than the stock holds.
+            let mut stock = policy.stock.lock();
+            if stock.ready.len() + stock.making >= FRESH_STOCK {
+                return;
+            }
+            stock.making += 1;
+        }
+        let Some(slot) = runtime.engine.try_stock_permit() else {
+            // Every stock slot is taken (by other policies): try again
+            // after a later request.
+            policy.stock.lock().making -= 1;
+            return;
+        };
+        let made = make_fresh(runtime, policy, pre, slot).await;
+        let mut stock = policy.stock.lock();
+        stock.making -= 1;
+        let Some(fresh) = made else {
+            policy.no_stock.store(true, Ordering::Relaxed);
+            return;
+        };
+        stock.ready.push(fresh);
+        policy.metrics.ready.set(stock.ready.len() as f64);
+    }
+}
+
+/// One fresh instance of `policy` for its stock, in `slot`, or `None` if
+/// it cannot be instantiated.
+async fn make_fresh(
+    runtime: &PolicyRuntime,
+    policy: &Policy,
+    pre: &super::exports::GuardrailPre<PolicyState>,
+    slot: OwnedSemaphorePermit,
+) -> Option<Fresh> {
+    let started = Instant::now();
+    let mut store = runtime.engine.store(policy.meta.clone(), "".into());
+    store.set_epoch_deadline(policy.limits.ticks);
+    let bindings = pre.instantiate_async(&mut store).await.ok()?;
+    policy
+        .metrics
+        .instantiate
+        .record(started.elapsed().as_secs_f64());
+    store.data_mut().rest();
+    Some(Fresh {
+        store,
+        bindings,
+        _slot: slot,
+    })
 }
 
 /// A guard whose request (and response, if it has one) ended cleanly: its
@@ -705,6 +873,7 @@ async fn retire(guard: Guard, tenant: &Option<String>) {
             return;
         }
     }
+    live.store.data_mut().rest();
     let evicted = {
         let mut idle = policy.idle.lock();
         let evicted = (idle.len() >= MAX_IDLE).then(|| idle.remove(0));

@@ -23,9 +23,10 @@ mod state;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant, SystemTime};
 
-use metrics::{Counter, Histogram, counter, histogram};
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, ComponentExportIndex, ResourceAny};
 
@@ -144,6 +145,8 @@ struct PolicyMetrics {
     end_calls: Counter,
     end_time: Histogram,
     denials: Counter,
+    /// Fresh instances ready (`guardrail::FRESH_STOCK` at most).
+    ready: Gauge,
 }
 
 impl PolicyMetrics {
@@ -159,6 +162,7 @@ impl PolicyMetrics {
             end_calls: call("on_end"),
             end_time: time("on_end"),
             denials: counter!("weir_policy_denials_total", "policy" => name.to_string()),
+            ready: gauge!("weir_policy_instances_ready", "policy" => name.to_string()),
         }
     }
 }
@@ -182,6 +186,11 @@ pub struct Policy {
     metrics: PolicyMetrics,
     /// Idle instances kept for reuse (only with `reuse_instances`).
     idle: parking_lot::Mutex<Vec<guardrail::Idle>>,
+    /// Fresh instances made ahead of requests (only without it).
+    stock: parking_lot::Mutex<guardrail::Stock>,
+    /// Set when making one failed: requests instantiate their own (and
+    /// report why) from then on.
+    no_stock: AtomicBool,
 }
 
 impl std::fmt::Debug for Policy {
@@ -309,6 +318,8 @@ impl PolicyRuntime {
             pre,
             metrics: PolicyMetrics::new(&config.name),
             idle: parking_lot::Mutex::new(Vec::new()),
+            stock: parking_lot::Mutex::new(guardrail::Stock::default()),
+            no_stock: AtomicBool::new(false),
         };
         let mut policy = policy;
         policy.hooks = self.smoke(&policy, hooks.as_ref()).await?;

@@ -52,17 +52,26 @@ pub struct PolicyState {
     pub(super) limits: StoreLimits,
     logs: u32,
     kv_ops: u32,
-    /// Keeps the epoch ticker running while this store exists.
-    _ticking: Ticking,
+    /// Keeps the epoch ticker running while this store serves a request
+    /// (`None` while it waits, idle or stocked).
+    ticking: Option<Ticking>,
 }
 
 impl PolicyState {
-    /// The request this (reused) instance serves from now on.
-    pub fn serve(&mut self, request_id: Arc<str>) {
+    /// The request this (reused or stocked) instance serves from now on;
+    /// the epoch ticker runs while it does.
+    pub fn serve(&mut self, request_id: Arc<str>, ticking: Ticking) {
         if let Some(cell) = &self.stdio_request {
             *cell.lock() = request_id.clone();
         }
         self.request_id = request_id;
+        self.ticking = Some(ticking);
+    }
+
+    /// The instance waits for a request (idle or stocked): no need to
+    /// keep the epoch ticker running for it.
+    pub fn rest(&mut self) {
+        self.ticking = None;
     }
 
     /// Fresh state for one instance of `meta`, serving `request_id`, keeping
@@ -85,7 +94,7 @@ impl PolicyState {
             limits,
             logs: 0,
             kv_ops: 0,
-            _ticking: ticking,
+            ticking: Some(ticking),
         }
     }
 
