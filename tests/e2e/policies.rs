@@ -379,6 +379,24 @@ async fn broken_policies_fail_closed_within_the_deadline_and_the_gateway_keeps_s
     assert_eq!(s.text(), "fine so far ");
     assert!(!s.done());
     assert_eq!(s.error().unwrap()["error"]["code"], "policy_error");
+
+    // A response guard that traps as it is made (while the upstream works
+    // on the request) refuses the response, whole or streamed, before any
+    // of it is sent; the next request is served.
+    for streamed in [false, true] {
+        let mut body = if streamed {
+            stream_body("guarded")
+        } else {
+            chat_body("guarded")
+        };
+        body["metadata"] = json!({"hostile": "trap-guard"});
+        let r = post_json(&url, &body, None).await;
+        assert_eq!(r.status, 503, "streamed {streamed}: {}", r.text());
+        assert_eq!(r.error_code(), "policy_error");
+        assert_eq!(r.header("x-weir-policy"), Some("hostile"));
+        let next = post_json(&url, &chat_body("a normal question"), None).await;
+        assert_eq!(next.status, 200, "{}", next.text());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

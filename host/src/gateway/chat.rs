@@ -67,10 +67,21 @@ pub(super) async fn handle(
     let order = gw
         .plan(snap, &model, Some((&chat, &ctx)), chat.stream)
         .await;
-    let (target, reply, in_flight) = match gw
-        .forward(&model, &order, ChatCall(&chat), chat.stream, log)
-        .await
-    {
+    let forwarding = gw.forward(&model, &order, ChatCall(&chat), chat.stream, log);
+    // The response guards are made while the upstream works on the request
+    // (after the request went out: the yield lets the connection's task
+    // write it first), not between its answer and the client.
+    let forwarded = match &mut chain {
+        Some(chain) => {
+            tokio::join!(forwarding, async {
+                tokio::task::yield_now().await;
+                chain.prepare_response().await;
+            })
+            .0
+        }
+        None => forwarding.await,
+    };
+    let (target, reply, in_flight) = match forwarded {
         Ok(answer) => answer,
         Err(error) => {
             release(gw, &model, reservation).await;

@@ -194,6 +194,8 @@ pub struct GuardChain {
     /// The policies whose fresh-instance stock this request drew on (or
     /// found empty): topped up by [`GuardChain::finish`].
     stocked: Vec<Arc<Policy>>,
+    /// What [`GuardChain::prepare_response`] met, for `begin_response`.
+    stopped: Option<Stop>,
 }
 
 impl std::fmt::Debug for GuardChain {
@@ -466,6 +468,7 @@ impl GuardChain {
             info,
             runtime: runtime.clone(),
             stocked,
+            stopped: None,
         })
     }
 
@@ -550,13 +553,26 @@ impl GuardChain {
         Ok(())
     }
 
-    /// Create each guard's `response-guard` before the first chunk.
+    /// [`GuardChain::begin_response`] ahead of the response (while the
+    /// upstream works on the request); a stop it meets is returned by the
+    /// next `begin_response`, when the response is there to be refused.
+    pub async fn prepare_response(&mut self) {
+        if let Err(stop) = self.begin_response().await {
+            self.stopped = Some(stop);
+        }
+    }
+
+    /// Create each guard's `response-guard` before the first chunk (once:
+    /// guards that have one keep it).
     pub async fn begin_response(&mut self) -> Result<(), Stop> {
+        if let Some(stop) = self.stopped.take() {
+            return Err(stop);
+        }
         for guard in &mut self.guards {
             if !guard.policy.hooks.responses {
                 continue;
             }
-            let Some(live) = guard.live.as_mut() else {
+            let Some(live) = guard.live.as_mut().filter(|l| l.response.is_none()) else {
                 continue;
             };
             live.store.set_epoch_deadline(guard.policy.limits.ticks);

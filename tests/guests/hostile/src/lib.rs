@@ -13,6 +13,8 @@
 //!   load-time smoke call included
 //! - `HOSTILE:count` — rewrite the prompt to `count=N`, N this instance's
 //!   `on-request` calls so far (shows whether instances are reused)
+//! - request metadata `hostile = "trap-guard"` — trap in the
+//!   `response-guard` constructor
 
 wit_bindgen::generate!({
     path: "../../../wit",
@@ -95,7 +97,14 @@ impl Guest for Hostile {
 struct Guard;
 
 impl GuestResponseGuard for Guard {
-    fn new(_info: RequestInfo) -> Self {
+    fn new(info: RequestInfo) -> Self {
+        if info
+            .metadata
+            .iter()
+            .any(|(k, v)| k == "hostile" && v == "trap-guard")
+        {
+            core::arch::wasm32::unreachable();
+        }
         Guard
     }
 
