@@ -67,6 +67,9 @@ pub(super) struct ClientStream {
     /// The client's model name as JSON, spliced into passed-through chunks.
     model_json: Vec<u8>,
     first_sent: bool,
+    /// Whether frames gather what the upstream sent together (from the
+    /// second frame on: the first goes out at once).
+    coalesce: bool,
     log: RequestLog,
     finished: bool,
     pricing: Pricing,
@@ -74,6 +77,11 @@ pub(super) struct ClientStream {
     /// (usage, status, error code).
     unsettled: Option<(Usage, u16, Option<&'static str>)>,
 }
+
+/// Events gathered into one frame at most, and the frame size that stops
+/// gathering: a burst still reaches the client in pieces it can use.
+const MAX_COALESCED: usize = 32;
+const MAX_FRAME_BYTES: usize = 16 << 10;
 
 impl ClientStream {
     #[allow(clippy::too_many_arguments)]
@@ -111,6 +119,7 @@ impl ClientStream {
             last_raw: None,
             model_json,
             first_sent: false,
+            coalesce: false,
             log,
             finished: false,
             pricing,
@@ -127,8 +136,13 @@ impl ClientStream {
         StreamBody::new(frames).boxed_unsync()
     }
 
+    /// The next bytes for the client. After the first, events the upstream
+    /// sent together go out together: once one is ready, the upstream
+    /// connection gets a turn and whatever it has already read is added
+    /// (never waiting for more), so a burst costs the client's socket one
+    /// write instead of one per event.
     async fn next_frame(&mut self) -> Option<Bytes> {
-        loop {
+        let first = loop {
             if self.finished {
                 return None;
             }
@@ -136,48 +150,82 @@ impl ClientStream {
                 Some(source) => source.next().await,
                 None => None,
             };
-            match next {
-                Some(Ok(StreamItem::Raw(raw))) => match self.guard_raw(raw).await {
-                    Ok(Some(bytes)) => return Some(bytes),
+            if let Some(bytes) = self.take(next).await {
+                break bytes;
+            }
+        };
+        if !self.coalesce {
+            self.coalesce = true;
+            return Some(first);
+        }
+        let mut frame: Option<Vec<u8>> = None;
+        for _ in 0..MAX_COALESCED {
+            if self.finished || frame.as_ref().map_or(first.len(), Vec::len) >= MAX_FRAME_BYTES {
+                break;
+            }
+            // The connection's task runs after the second yield (the first
+            // resumes this task before it: tokio wakes yielded tasks first).
+            let mut ready = None;
+            for _ in 0..2 {
+                tokio::task::yield_now().await;
+                ready = self.source.as_mut().and_then(ChunkStream::next_ready);
+                if ready.is_some() {
+                    break;
+                }
+            }
+            let Some(next) = ready else {
+                break;
+            };
+            if let Some(bytes) = self.take(next).await {
+                frame
+                    .get_or_insert_with(|| first.to_vec())
+                    .extend_from_slice(&bytes);
+            }
+        }
+        Some(frame.map_or(first, Bytes::from))
+    }
+
+    /// What one upstream item (`None`: the upstream ended) sends the
+    /// client, if anything.
+    async fn take(&mut self, next: Option<Result<StreamItem, StreamFault>>) -> Option<Bytes> {
+        match next {
+            Some(Ok(StreamItem::Raw(raw))) => match self.guard_raw(raw).await {
+                Ok(bytes) => bytes,
+                Err(stop) => {
+                    let bytes = self.stop(stop);
+                    self.record().await;
+                    Some(bytes)
+                }
+            },
+            Some(Ok(StreamItem::Chunk(mut chunk))) => {
+                if let Err(stop) = self.guard(&mut chunk).await {
+                    let bytes = self.stop(stop);
+                    self.record().await;
+                    return Some(bytes);
+                }
+                self.encode(chunk)
+            }
+            None => {
+                let mut out = Vec::new();
+                match self.flush_unended().await {
+                    Ok(Some(chunk)) => self.write(&chunk, &mut out),
                     Ok(None) => {}
                     Err(stop) => {
                         let bytes = self.stop(stop);
                         self.record().await;
                         return Some(bytes);
                     }
-                },
-                Some(Ok(StreamItem::Chunk(mut chunk))) => {
-                    if let Err(stop) = self.guard(&mut chunk).await {
-                        let bytes = self.stop(stop);
-                        self.record().await;
-                        return Some(bytes);
-                    }
-                    if let Some(bytes) = self.encode(chunk) {
-                        return Some(bytes);
-                    }
                 }
-                None => {
-                    let mut out = Vec::new();
-                    match self.flush_unended().await {
-                        Ok(Some(chunk)) => self.write(&chunk, &mut out),
-                        Ok(None) => {}
-                        Err(stop) => {
-                            let bytes = self.stop(stop);
-                            self.record().await;
-                            return Some(bytes);
-                        }
-                    }
-                    self.finish(End::Done);
-                    self.record().await;
-                    out.extend_from_slice(b"data: [DONE]\n\n");
-                    return Some(Bytes::from(out));
-                }
-                Some(Err(fault)) => {
-                    let bytes = error_event(&fault.to_string(), "upstream_error", fault.code());
-                    self.finish(End::Fault(fault));
-                    self.record().await;
-                    return Some(bytes);
-                }
+                self.finish(End::Done);
+                self.record().await;
+                out.extend_from_slice(b"data: [DONE]\n\n");
+                Some(Bytes::from(out))
+            }
+            Some(Err(fault)) => {
+                let bytes = error_event(&fault.to_string(), "upstream_error", fault.code());
+                self.finish(End::Fault(fault));
+                self.record().await;
+                Some(bytes)
             }
         }
     }

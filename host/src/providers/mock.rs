@@ -227,6 +227,15 @@ pub struct ChunkReader {
 }
 
 impl ChunkReader {
+    /// The next chunk if it is due now (no delay before it): `None` when it
+    /// is not, `Some(None)` at the end.
+    pub fn next_ready(&mut self) -> Option<Option<Result<ChatChunk, StreamFault>>> {
+        match self.queue.front() {
+            Some((true, _)) if !self.delay.is_zero() => None,
+            _ => Some(self.queue.pop_front().map(|(_, chunk)| Ok(chunk))),
+        }
+    }
+
     /// The next chunk; `None` at the end.
     pub async fn next(&mut self) -> Option<Result<ChatChunk, StreamFault>> {
         let (delayed, chunk) = self.queue.pop_front()?;

@@ -306,6 +306,18 @@ impl ChunkStream {
         }
     }
 
+    /// The next item if it is already there — read by the upstream
+    /// connection, or due now from the mock — without waiting: `None` when
+    /// it is not. Nothing is lost by asking: the upstream readers wait only
+    /// in the body read, which keeps what it has not yet returned.
+    pub fn next_ready(&mut self) -> Option<Option<Result<StreamItem, StreamFault>>> {
+        use futures_util::FutureExt;
+        match self {
+            ChunkStream::Mock(r) => r.next_ready().map(|c| c.map(|c| c.map(StreamItem::Chunk))),
+            _ => self.next().now_or_never(),
+        }
+    }
+
     /// OpenAI-style chunks may come as [`StreamItem::Raw`] from now on
     /// (other providers translate, so theirs stay decoded); with `texts`,
     /// each notes where its choices' texts are, for guardrails.
