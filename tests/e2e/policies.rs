@@ -664,7 +664,19 @@ async fn a_full_instance_pool_answers_503() {
     assert_eq!(second.error_code(), "policy_error");
     assert!(second.text().contains("pool"), "{}", second.text());
     assert!(first.collect().await.done());
-    assert_eq!(post_json(&url, &chat_body("three"), None).await.status, 200);
+    // A finished response frees its instance before the client sees its
+    // end: back-to-back requests on the one-instance pool are all served.
+    up.set_default(Reply::Chat(Chat::text(&["a", "b", "c"])));
+    for i in 0..40 {
+        if i % 2 == 0 {
+            let r = post_json(&url, &chat_body("three"), None).await;
+            assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        } else {
+            let s = client::open_stream(&url, &stream_body("four"), None).await;
+            assert_eq!(s.status, 200, "request {i}");
+            assert!(s.collect().await.done(), "request {i}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

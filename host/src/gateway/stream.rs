@@ -216,6 +216,11 @@ impl ClientStream {
                         return Some(bytes);
                     }
                 }
+                // Before `[DONE]`: the client's next request may follow
+                // at once and find this one's instances free.
+                if let Some(chain) = self.chain.take() {
+                    chain.release().await;
+                }
                 self.finish(End::Done);
                 self.record().await;
                 out.extend_from_slice(b"data: [DONE]\n\n");
@@ -553,9 +558,6 @@ impl ClientStream {
                 (self.output_bytes as u64).div_ceil(4),
             )
         });
-        if let (End::Done, Some(chain)) = (&end, self.chain.take()) {
-            tokio::spawn(chain.finish());
-        }
         let (status, error) = match end {
             End::Done => (200, None),
             End::Fault(fault) => {

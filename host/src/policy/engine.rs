@@ -35,11 +35,12 @@ use super::state::{PolicyMeta, PolicyState};
 /// Epoch ticks per millisecond of deadline.
 const TICK: Duration = Duration::from_millis(1);
 
-/// Pool slots beyond `server.policy_instances` for fresh instances made
-/// ahead of requests (the guardrails' stock, `guardrail::FRESH_STOCK` per
-/// policy): a stocked instance never takes a request's place in the
-/// budget.
-pub const STOCK_SLOTS: u32 = 32;
+/// Pool slots beyond `server.policy_instances` for instances that serve no
+/// request: fresh ones made ahead of requests (the guardrails' stock,
+/// `guardrail::FRESH_STOCK` per policy) and ones whose response is done
+/// but whose store is still being freed. Neither takes a request's place
+/// in the budget.
+pub const SPARE_SLOTS: u32 = 32;
 
 /// Engine settings from the gateway's config.
 #[derive(Debug, Clone)]
@@ -87,8 +88,8 @@ pub struct PolicyEngine {
     engine: Engine,
     linker: Linker<PolicyState>,
     permits: Arc<Semaphore>,
-    /// Slots for instances made ahead of requests ([`STOCK_SLOTS`]).
-    stock_permits: Arc<Semaphore>,
+    /// Slots for instances that serve no request ([`SPARE_SLOTS`]).
+    spare_permits: Arc<Semaphore>,
     cache_dir: Option<PathBuf>,
     compat: String,
     pooled: bool,
@@ -153,7 +154,7 @@ impl PolicyEngine {
     /// Build the engine: pooled if the address space allows, else on demand.
     pub fn new(options: &EngineOptions) -> anyhow::Result<PolicyEngine> {
         let max_memory = (options.max_memory_mb as usize) << 20;
-        let slots = options.instances + STOCK_SLOTS;
+        let slots = options.instances + SPARE_SLOTS;
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(slots)
             .total_core_instances(slots * 4)
@@ -208,7 +209,7 @@ impl PolicyEngine {
             engine,
             linker,
             permits: Arc::new(Semaphore::new(options.instances as usize)),
-            stock_permits: Arc::new(Semaphore::new(STOCK_SLOTS as usize)),
+            spare_permits: Arc::new(Semaphore::new(SPARE_SLOTS as usize)),
             cache_dir: options.cache_dir.clone(),
             compat,
             pooled: is_pooled,
@@ -282,10 +283,11 @@ impl PolicyEngine {
         self.permits.clone().try_acquire_owned().ok()
     }
 
-    /// A slot for an instance made ahead of a request, or `None` when the
-    /// stock's slots are all taken.
-    pub fn try_stock_permit(&self) -> Option<OwnedSemaphorePermit> {
-        self.stock_permits.clone().try_acquire_owned().ok()
+    /// A slot for an instance that serves no request (made ahead of one,
+    /// or being freed after one), or `None` when the spare slots are all
+    /// taken.
+    pub fn try_spare_permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.spare_permits.clone().try_acquire_owned().ok()
     }
 
     /// Keeps the epoch ticker running while held: by every store that is

@@ -103,8 +103,8 @@ pub(super) struct Idle {
 const MAX_IDLE: usize = 16;
 
 /// A fresh instance made ahead of a request, off its latency path: never
-/// called, so it carries nothing from any request. It holds a stock slot
-/// (`engine::STOCK_SLOTS`), not one of the request budget, while it waits.
+/// called, so it carries nothing from any request. It holds a spare slot
+/// (`engine::SPARE_SLOTS`), not one of the request budget, while it waits.
 pub(super) struct Fresh {
     store: Store<PolicyState>,
     bindings: Guardrail,
@@ -759,8 +759,8 @@ impl GuardChain {
     /// reuse go back to their policy's idle list (their response guard
     /// dropped first); the rest are freed.
     /// Then the stock of fresh instances is topped up for the next
-    /// requests. Callers run it after the response went out, or use
-    /// [`GuardChain::release`].
+    /// requests. [`GuardChain::release`] runs it after the response; run
+    /// inline (as the benchmarks do), it is the whole teardown.
     pub async fn finish(mut self) {
         for guard in std::mem::take(&mut self.guards) {
             retire(guard, &self.info.key_name).await;
@@ -775,12 +775,27 @@ impl GuardChain {
     /// follow at once), and the rest of [`GuardChain::finish`] — freeing
     /// fresh instances, topping up the stock — runs in a task of its own,
     /// after the response went out.
+    ///
+    /// Either way the request's slots in the instance budget are free when
+    /// this returns: a fresh instance waits to be freed in a spare slot
+    /// (or is freed here when there is none), so a full pool never refuses
+    /// the client's next request because of this one.
     pub async fn release(mut self) {
-        let (reused, fresh) = std::mem::take(&mut self.guards)
+        let (reused, mut fresh): (Vec<Guard>, Vec<Guard>) = std::mem::take(&mut self.guards)
             .into_iter()
             .partition(|g| g.policy.limits.reuse > 0);
         for guard in reused {
             retire(guard, &self.info.key_name).await;
+        }
+        for guard in &mut fresh {
+            let Some(live) = &mut guard.live else {
+                continue;
+            };
+            match self.runtime.engine.try_spare_permit() {
+                // The request's permit is dropped with the swap.
+                Some(spare) => live.permit = spare,
+                None => guard.live = None,
+            }
         }
         self.guards = fresh;
         tokio::spawn(self.finish());
@@ -814,7 +829,7 @@ impl Drop for GuardChain {
 }
 
 /// Make fresh instances of `policy` until its stock is full (or the
-/// stock's slots are all taken, or instantiating fails: the next request
+/// spare slots are all taken, or instantiating fails: the next request
 /// then instantiates on its own and reports why).
 async fn restock(runtime: &PolicyRuntime, policy: &Policy) {
     let Pre::Guardrail(pre) = &policy.pre else {
@@ -830,8 +845,9 @@ async fn restock(runtime: &PolicyRuntime, policy: &Policy) {
             }
             stock.making += 1;
         }
-        let Some(slot) = runtime.engine.try_stock_permit() else {
-            // Every stock slot is taken (by other policies): try again
+        let Some(slot) = runtime.engine.try_spare_permit() else {
+            // Every spare slot is taken (by other policies' stock or
+            // instances being freed): try again
             // after a later request.
             policy.stock.lock().making -= 1;
             return;
