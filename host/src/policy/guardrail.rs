@@ -847,8 +847,7 @@ async fn restock(runtime: &PolicyRuntime, policy: &Policy) {
         }
         let Some(slot) = runtime.engine.try_spare_permit() else {
             // Every spare slot is taken (by other policies' stock or
-            // instances being freed): try again
-            // after a later request.
+            // instances being freed): try again after a later request.
             policy.stock.lock().making -= 1;
             return;
         };
