@@ -22,7 +22,9 @@ build_all
 
 # Pin the proxies to CPU 1 and the mock + load generator to CPU 0 so the
 # processes under test do not fight the load for a core (2-core machine).
-pin_proxy="taskset -c 1"
+# BENCH_PROXY_CPU=0 puts the proxies on the load's CPU: a sequential
+# request then never waits for an idle vCPU to wake (see README).
+pin_proxy="taskset -c ${BENCH_PROXY_CPU:-1}"
 pin_load="taskset -c 0"
 command -v taskset >/dev/null || { pin_proxy=; pin_load=; }
 
