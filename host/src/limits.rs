@@ -7,10 +7,9 @@
 //! Unix second so the in-memory windows and the Redis ones (see
 //! `state::redis`) agree on what "the last minute" is.
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
-use http::{HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// Seconds in a window.
 pub const WINDOW_SECS: u64 = 60;
@@ -152,9 +151,9 @@ impl RateInfo {
         }
     }
 
-    /// OpenAI's `x-ratelimit-*` headers. (The names are constants: a name
-    /// given as a string is parsed on every insert.)
-    pub fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
+    /// Add OpenAI's `x-ratelimit-*` headers to `headers`. (The names are
+    /// constants: a name given as a string is parsed on every insert.)
+    pub fn add_headers(&self, headers: &mut HeaderMap) {
         const NAMES: [[HeaderName; 3]; 2] = [
             [
                 HeaderName::from_static("x-ratelimit-limit-requests"),
@@ -167,39 +166,64 @@ impl RateInfo {
                 HeaderName::from_static("x-ratelimit-reset-tokens"),
             ],
         ];
-        let mut out = Vec::with_capacity(6);
-        for (standing, [limit_name, remaining_name, reset_name]) in
-            [self.requests, self.tokens].into_iter().zip(NAMES)
+        let standings = [self.requests, self.tokens];
+        // One growth of the map for all of them, not one per insert.
+        headers.reserve(3 * standings.iter().flatten().count());
+        for (standing, [limit_name, remaining_name, reset_name]) in standings.into_iter().zip(NAMES)
         {
             let Some((limit, remaining, reset)) = standing else {
                 continue;
             };
-            out.push((limit_name, HeaderValue::from(limit)));
-            out.push((remaining_name, HeaderValue::from(remaining)));
-            if let Ok(v) = HeaderValue::from_str(&openai_duration(reset)) {
-                out.push((reset_name, v));
+            headers.insert(limit_name, HeaderValue::from(limit));
+            headers.insert(remaining_name, HeaderValue::from(remaining));
+            if let Ok(v) = HeaderValue::from_str(openai_duration(reset).as_str()) {
+                headers.insert(reset_name, v);
             }
         }
-        out
     }
 }
 
-/// OpenAI's duration format: `20ms`, `1s`, `6m0s`.
-pub fn openai_duration(d: Duration) -> String {
+/// OpenAI's duration format: `20ms`, `1s`, `6m0s` (written without
+/// `format!`: two of these go on every limited response).
+pub fn openai_duration(d: Duration) -> DurationText {
+    let mut out = DurationText::default();
     let ms = d.as_millis();
     if ms < 1000 {
-        return format!("{ms}ms");
+        out.push(ms as u64, "ms");
+        return out;
     }
     let secs = d.as_secs_f64().ceil() as u64;
-    let mut s = String::new();
     if secs >= 3600 {
-        let _ = write!(s, "{}h", secs / 3600);
+        out.push(secs / 3600, "h");
     }
     if secs >= 60 {
-        let _ = write!(s, "{}m", secs % 3600 / 60);
+        out.push(secs % 3600 / 60, "m");
     }
-    let _ = write!(s, "{}s", secs % 60);
-    s
+    out.push(secs % 60, "s");
+    out
+}
+
+/// A duration in OpenAI's format, on the stack.
+#[derive(Default)]
+pub struct DurationText {
+    // The longest: 20 digits of hours, "h", "59m59s".
+    bytes: [u8; 32],
+    len: usize,
+}
+
+impl DurationText {
+    fn push(&mut self, n: u64, unit: &str) {
+        let mut digits = itoa::Buffer::new();
+        for part in [digits.format(n), unit] {
+            self.bytes[self.len..self.len + part.len()].copy_from_slice(part.as_bytes());
+            self.len += part.len();
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits and units were written.
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
+    }
 }
 
 #[cfg(test)]
@@ -242,9 +266,12 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(openai_duration(Duration::from_millis(20)), "20ms");
-        assert_eq!(openai_duration(Duration::from_secs(1)), "1s");
-        assert_eq!(openai_duration(Duration::from_secs(360)), "6m0s");
-        assert_eq!(openai_duration(Duration::from_millis(59_500)), "1m0s");
+        assert_eq!(openai_duration(Duration::from_millis(20)).as_str(), "20ms");
+        assert_eq!(openai_duration(Duration::from_secs(1)).as_str(), "1s");
+        assert_eq!(openai_duration(Duration::from_secs(360)).as_str(), "6m0s");
+        assert_eq!(
+            openai_duration(Duration::from_millis(59_500)).as_str(),
+            "1m0s"
+        );
     }
 }

@@ -592,9 +592,7 @@ fn with_headers(mut response: Response<Body>, target: &Target, rate: &RateInfo) 
     if let Some(v) = &target.label_header {
         headers.insert(header::PROVIDER, v.clone());
     }
-    for (name, value) in rate.headers() {
-        headers.insert(name, value);
-    }
+    rate.add_headers(headers);
     response
 }
 

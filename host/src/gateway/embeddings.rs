@@ -103,8 +103,6 @@ pub(super) async fn handle(
     if let Ok(v) = HeaderValue::from_str(&super::usd(cost)) {
         headers.insert(super::header::COST_USD, v);
     }
-    for (name, value) in rate.headers() {
-        headers.insert(name, value);
-    }
+    rate.add_headers(headers);
     Ok(response)
 }
