@@ -6,7 +6,6 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,7 +27,7 @@ fn ask() -> Ask {
             requests_per_minute: Some(u64::MAX / 4),
             budget_micro_usd: Some(u64::MAX / 4),
             budget_period: BudgetPeriod::Monthly,
-            model_limits: HashMap::new(),
+            model_limits: Default::default(),
         }),
         model: "chat".into(),
         tokens: 1200,

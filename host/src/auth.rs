@@ -5,10 +5,11 @@
 //! cost does not depend on how many keys exist and no plaintext key is kept
 //! in memory after load. With no `[[keys]]` at all the gateway is open.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use http::HeaderMap;
+use rustc_hash::FxHashMap;
 use sha2::{Digest, Sha256};
 
 use crate::config::{BudgetPeriod, Config};
@@ -26,7 +27,7 @@ pub struct VirtualKey {
     pub budget_micro_usd: Option<u64>,
     pub budget_period: BudgetPeriod,
     /// Per-model (tokens, requests) per minute.
-    pub model_limits: HashMap<String, (Option<u64>, Option<u64>)>,
+    pub model_limits: FxHashMap<String, (Option<u64>, Option<u64>)>,
 }
 
 impl VirtualKey {
@@ -78,7 +79,7 @@ impl Caller {
 /// Every configured key by digest.
 #[derive(Debug, Default)]
 pub struct KeyStore {
-    by_digest: HashMap<[u8; 32], Arc<VirtualKey>>,
+    by_digest: FxHashMap<[u8; 32], Arc<VirtualKey>>,
 }
 
 impl KeyStore {

@@ -34,6 +34,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use rustc_hash::FxHashMap;
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
@@ -260,7 +261,7 @@ impl UpstreamCall for EmbeddingsCall<'_> {
 pub struct ConfigState {
     pub config: Config,
     keys: KeyStore,
-    models: HashMap<String, Arc<Model>>,
+    models: FxHashMap<String, Arc<Model>>,
     model_order: Vec<String>,
     admin_token: Option<[u8; 32]>,
 }
@@ -272,7 +273,7 @@ impl ConfigState {
         let providers = Providers::from_config(&config);
         // Validated at load: a bad file never gets here.
         let table = PriceTable::for_config(&config).unwrap_or_else(|_| PriceTable::embedded());
-        let mut models = HashMap::new();
+        let mut models = FxHashMap::default();
         let mut model_order = Vec::new();
         for m in &config.models {
             // The model's price, else the price table's for its first target.

@@ -11,12 +11,12 @@
 //! one, the request just fails over). Health is kept per `provider/model` label and survives config
 //! reloads. The lock is held for a few arithmetic operations per attempt.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use rustc_hash::FxHashMap;
 
 use crate::config::CircuitConfig;
 
@@ -226,7 +226,7 @@ impl Drop for InFlight {
 /// Health of every target by label; entries live as long as the process.
 #[derive(Debug, Default)]
 pub struct HealthRegistry {
-    targets: Mutex<HashMap<String, Arc<TargetHealth>>>,
+    targets: Mutex<FxHashMap<String, Arc<TargetHealth>>>,
 }
 
 impl HealthRegistry {

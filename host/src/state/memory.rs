@@ -1,10 +1,10 @@
 //! The in-process ledger: windows, spend and usage in one mutex-guarded
 //! map. The `memory` backend as is, and the live half of the `sqlite` one.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use rustc_hash::FxHashMap;
 
 use super::{
     Actual, Ask, Ledger, Reservation, UsageTotals, period_key, quota_spent, rate_limited, unix_now,
@@ -16,13 +16,13 @@ use crate::policy::{KvStore, MemoryKv};
 
 #[derive(Debug, Default)]
 struct Inner {
-    windows: HashMap<String, Window>,
+    windows: FxHashMap<String, Window>,
     /// (key, period) → micro-USD spent.
-    spent: HashMap<(String, String), u64>,
+    spent: FxHashMap<(String, String), u64>,
     /// (key, period) → micro-USD reserved by requests in flight.
-    reserved: HashMap<(String, String), u64>,
+    reserved: FxHashMap<(String, String), u64>,
     /// (key, model) → totals.
-    usage: HashMap<(String, String), UsageTotals>,
+    usage: FxHashMap<(String, String), UsageTotals>,
 }
 
 /// Everything in this process.

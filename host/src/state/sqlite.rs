@@ -369,7 +369,7 @@ mod tests {
             requests_per_minute: None,
             budget_micro_usd: Some(1000),
             budget_period: BudgetPeriod::Total,
-            model_limits: HashMap::new(),
+            model_limits: Default::default(),
         });
         let ask = Ask {
             key: key.clone(),
