@@ -68,9 +68,12 @@ build_templates() {
     policies/build-other.sh target/template-python target/template-js
 }
 
+# `dist` (fat LTO) for the gateway people run; `release` for the tests,
+# which `cargo test --release` then shares.
 build_host() {
-    log "building the weir host (release)"
-    cargo build --release --locked -p weir
+    local profile="${1:-dist}"
+    log "building the weir host (profile $profile)"
+    cargo build --profile "$profile" --locked -p weir
 }
 
 cmd="${1:-run}"
@@ -87,7 +90,7 @@ case "$cmd" in
         build_wasm
         build_host
         log "starting weir: client API on 127.0.0.1:4000, admin on 127.0.0.1:4001"
-        exec ./target/release/weir serve "$@"
+        exec ./target/dist/weir serve "$@"
         ;;
     test)
         if ! python3 -c "import openai" 2>/dev/null; then
@@ -102,7 +105,7 @@ case "$cmd" in
         fi
         build_wasm with-test-guests
         build_templates
-        build_host
+        build_host release
         log "running every test (release profile: shares the build above)"
         cargo test --release --locked --workspace
         ;;

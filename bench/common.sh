@@ -9,8 +9,10 @@ need_debian() {
         { echo "cannot install $2; run as root or install it" >&2; exit 1; }
 }
 
-# The release gateway, the mock upstream and weir-load, and every policy.
+# The gateway as `./dev.sh run` builds it (profile `dist`), the mock
+# upstream and weir-load, and every policy.
 build_all() {
-    cargo build --release --locked -p weir -p weir-testkit --bins >&2
+    cargo build --profile dist --locked -p weir >&2
+    cargo build --release --locked -p weir-testkit --bins >&2
     ./dev.sh policies >&2
 }

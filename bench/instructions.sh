@@ -62,7 +62,7 @@ count() {
     port=$(grep -m1 '^listen' "$config" | sed 's/.*:\([0-9]*\)".*/\1/')
     out="$work/cg-$RANDOM"
     RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" \
-        ./target/release/weir serve --config "$config" 2>"$out.log" &
+        ./target/dist/weir serve --config "$config" 2>"$out.log" &
     local vg=$!
     pids+=($vg)
     for _ in $(seq 300); do

@@ -4,6 +4,6 @@
 # time to listening with 5 policies, cold and warm cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --locked -p weir -p weir-testkit --bins >&2
-./dev.sh policies >&2
-./target/release/weir-reload-bench ./target/release/weir ./target/policies
+source bench/common.sh
+build_all
+./target/release/weir-reload-bench ./target/dist/weir ./target/policies

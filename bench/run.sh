@@ -32,18 +32,18 @@ $pin_load ./target/release/weir-mock-upstream 127.0.0.1:18000 20 2>"$work/mock.l
 pids+=($!)
 
 sed "s#@ROOT@#$root#g" bench/weir.toml > "$work/weir.toml"
-RUST_LOG=warn $pin_proxy ./target/release/weir serve --config "$work/weir.toml" 2>"$work/weir.log" &
+RUST_LOG=warn $pin_proxy ./target/dist/weir serve --config "$work/weir.toml" 2>"$work/weir.log" &
 weir_pid=$!
 pids+=($weir_pid)
 sed "s#@ROOT@#$root#g" bench/weir-policies.toml > "$work/weir-policies.toml"
-RUST_LOG=warn $pin_proxy ./target/release/weir serve --config "$work/weir-policies.toml" 2>"$work/weir-policies.log" &
+RUST_LOG=warn $pin_proxy ./target/dist/weir serve --config "$work/weir-policies.toml" 2>"$work/weir-policies.log" &
 guarded_pid=$!
 pids+=($guarded_pid)
 # The same guardrails with `reuse_instances` (docs/policies.md): a warm
 # instance per request instead of a fresh one.
 sed -e 's#18004#18006#; s#18005#18007#' -e 's#^global = true$#global = true\nreuse_instances = 100000#' \
     "$work/weir-policies.toml" > "$work/weir-policies-reused.toml"
-RUST_LOG=warn $pin_proxy ./target/release/weir serve --config "$work/weir-policies-reused.toml" 2>"$work/weir-policies-reused.log" &
+RUST_LOG=warn $pin_proxy ./target/dist/weir serve --config "$work/weir-policies-reused.toml" 2>"$work/weir-policies-reused.log" &
 reused_pid=$!
 pids+=($reused_pid)
 
