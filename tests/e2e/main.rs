@@ -7,6 +7,7 @@
 mod accounting;
 mod chat;
 mod cli;
+mod connections;
 mod errors;
 mod failover;
 mod hotswap;

@@ -246,6 +246,9 @@ pub struct Received {
     pub body: Value,
     /// The body's bytes as they arrived.
     pub raw: bytes::Bytes,
+    /// Which connection it came on: 1 for the first this upstream
+    /// accepted, 2 for the next…
+    pub connection: u64,
 }
 
 #[derive(Default)]
@@ -256,6 +259,10 @@ struct Shared {
     script: Mutex<VecDeque<Reply>>,
     default: Mutex<Option<Reply>>,
     received: Mutex<Vec<Received>>,
+    /// Connections accepted so far.
+    connections: std::sync::atomic::AtomicU64,
+    /// Connections open now.
+    open: std::sync::atomic::AtomicU64,
 }
 
 /// A running mock upstream; stops when dropped.
@@ -343,6 +350,19 @@ impl MockUpstream {
         self.shared.received.lock().unwrap().clone()
     }
 
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.shared
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Connections open now (a connection counts until the mock has
+    /// noticed its end: at its next read or write).
+    pub fn open_connections(&self) -> u64 {
+        self.shared.open.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// The last request that reached this upstream.
     pub fn last(&self) -> Received {
         self.received()
@@ -358,19 +378,31 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
+        let connection = 1 + shared
+            .connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
+            shared
+                .open
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let service = service_fn({
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(answer(&shared, req).await) }
+                move |req| {
+                    let shared = shared.clone();
+                    async move { Ok::<_, Infallible>(answer(&shared, req, connection).await) }
+                }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
+            shared
+                .open
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         });
     }
 }
 
-async fn answer(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
+async fn answer(shared: &Shared, req: Request<Incoming>, connection: u64) -> Response<Body> {
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or_default().to_string();
@@ -390,6 +422,7 @@ async fn answer(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
             headers,
             body: body.clone(),
             raw: bytes.clone(),
+            connection,
         });
     }
     let reply = shared

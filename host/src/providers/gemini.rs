@@ -37,9 +37,9 @@ use serde_json::{Map, Value, json};
 
 use super::{
     AttemptError, ChatReply, ChunkMeta, ChunkStream, EventError, HttpClient, Provider, StreamFault,
-    Translate, Translated, UpstreamFailure, Whole, base64_encode, body_excerpt, classify,
-    error_body, key_from_env, max_upstream_body, now_secs, parse_data_url, post_json, read_body,
-    role_delta, send,
+    Translate, Translated, UpstreamBody, UpstreamFailure, Whole, base64_encode, body_excerpt,
+    classify, error_body, key_from_env, max_upstream_body, now_secs, parse_data_url, post_json,
+    read_body, role_delta, send,
 };
 use crate::chat::open::Extra;
 use crate::chat::{
@@ -89,7 +89,7 @@ impl Gemini {
         url: &str,
         body: &Value,
         stream: bool,
-    ) -> Result<hyper::body::Incoming, AttemptError> {
+    ) -> Result<UpstreamBody, AttemptError> {
         let name = HeaderName::from_static("x-goog-api-key");
         let headers: Vec<(&HeaderName, &HeaderValue)> =
             self.key.iter().map(|key| (&name, key)).collect();

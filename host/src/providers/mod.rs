@@ -4,9 +4,10 @@
 //! Each provider module turns a [`ChatRequest`] into its own HTTP request and
 //! its answers back into [`ChatCompletion`] values or a [`ChunkStream`] of
 //! normalized chunks. Nothing outside this module knows a provider's JSON.
-//! One pooled HTTP client (hyper-util, keep-alive, HTTP/1.1 and HTTP/2 over
-//! rustls) serves every provider; a provider's `timeout_ms` bounds connect +
-//! response headers, `stream_idle_timeout_ms` each later read.
+//! One pooled HTTP client ([`client`]: hyper, keep-alive, HTTP/1.1 and
+//! HTTP/2 over rustls) serves every provider; a provider's `timeout_ms`
+//! bounds connect + response headers, `stream_idle_timeout_ms` each later
+//! read.
 //!
 //! Kinds: `openai` and `azure-openai` ([`openai`], the body passes through),
 //! `anthropic` ([`anthropic`]) and `gemini` ([`gemini`]) (translated both
@@ -19,6 +20,7 @@
 //! since nothing has reached the client yet.
 
 pub mod anthropic;
+pub mod client;
 pub mod gemini;
 pub mod mock;
 pub mod openai;
@@ -30,10 +32,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde_json::{Map, Value};
 
 use crate::chat::open::Extra;
@@ -42,8 +41,7 @@ use crate::config::{Config, ProviderConfig, ProviderKind};
 use crate::error::GatewayError;
 use crate::sse::{SseEvent, SseParser};
 
-/// The pooled upstream HTTP client.
-pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub use client::{HttpClient, UpstreamBody};
 
 /// Largest upstream body weir reads whole (non-streamed answers, errors).
 const MAX_UPSTREAM_BODY: usize = 64 << 20;
@@ -62,11 +60,7 @@ pub fn http_client() -> Result<HttpClient, rustls::Error> {
         .enable_http1()
         .enable_http2()
         .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(https))
+    Ok(HttpClient::new(https))
 }
 
 /// A configured provider.
@@ -423,7 +417,7 @@ pub async fn send_ok(
     client: &HttpClient,
     provider: &Provider,
     request: http::Request<Full<Bytes>>,
-) -> Result<Incoming, AttemptError> {
+) -> Result<UpstreamBody, AttemptError> {
     let response = send(client, provider, request).await?;
     let status = response.status();
     let mut incoming = response.into_body();
@@ -438,7 +432,7 @@ pub async fn send(
     client: &HttpClient,
     provider: &Provider,
     request: http::Request<Full<Bytes>>,
-) -> Result<http::Response<Incoming>, AttemptError> {
+) -> Result<http::Response<UpstreamBody>, AttemptError> {
     match tokio::time::timeout(provider.timeout, client.request(request)).await {
         Err(_) => Err(AttemptError::Timeout),
         Ok(Err(e)) => Err(AttemptError::Connect(error_chain(&e))),
@@ -480,7 +474,7 @@ pub fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
 
 /// Read a whole body; each read is bounded by the idle timeout.
 pub async fn read_body(
-    body: &mut Incoming,
+    body: &mut UpstreamBody,
     idle: Duration,
     limit: usize,
 ) -> Result<Vec<u8>, AttemptError> {
@@ -506,13 +500,17 @@ pub async fn read_body(
 
 /// Turn a non-2xx upstream answer in OpenAI's error shape (Anthropic's is
 /// compatible: `error.type` and `error.message`) into an attempt error.
-pub async fn status_error(status: StatusCode, body: &mut Incoming, idle: Duration) -> AttemptError {
+pub async fn status_error(
+    status: StatusCode,
+    body: &mut UpstreamBody,
+    idle: Duration,
+) -> AttemptError {
     let bytes = error_body(body, idle).await;
     classify(status, UpstreamFailure::from_openai_body(&bytes))
 }
 
 /// Read an error body, at most [`MAX_ERROR_BODY`] bytes; empty if unreadable.
-pub async fn error_body(body: &mut Incoming, idle: Duration) -> Vec<u8> {
+pub async fn error_body(body: &mut UpstreamBody, idle: Duration) -> Vec<u8> {
     read_body(body, idle, MAX_ERROR_BODY)
         .await
         .unwrap_or_default()
@@ -836,14 +834,17 @@ where
     let mut builder = http::Request::builder()
         .method(http::Method::POST)
         .uri(uri)
-        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )
         .header(
             http::header::ACCEPT,
-            if stream {
+            HeaderValue::from_static(if stream {
                 "text/event-stream"
             } else {
                 "application/json"
-            },
+            }),
         );
     for (name, value) in headers {
         builder = builder.header(*name, *value);
@@ -915,7 +916,7 @@ pub fn role_delta() -> Delta {
 /// the idle timeout and nothing is buffered beyond the unfinished line.
 #[derive(Debug)]
 pub struct SseBody {
-    body: Incoming,
+    body: UpstreamBody,
     idle: Duration,
     parser: SseParser,
     events: VecDeque<SseEvent>,
@@ -924,7 +925,7 @@ pub struct SseBody {
 
 impl SseBody {
     /// Read `body` with `idle` as the limit for each gap.
-    pub fn new(body: Incoming, idle: Duration) -> SseBody {
+    pub fn new(body: UpstreamBody, idle: Duration) -> SseBody {
         SseBody {
             body,
             idle,
@@ -1023,7 +1024,7 @@ pub struct Translated<T> {
 impl<T: Translate> Translated<T> {
     /// Read until the first chunk with substance; only then has the target
     /// answered. Everything read so far is replayed by [`Translated::next`].
-    pub async fn start(body: Incoming, idle: Duration, state: T) -> Result<Self, AttemptError> {
+    pub async fn start(body: UpstreamBody, idle: Duration, state: T) -> Result<Self, AttemptError> {
         let mut stream = Translated {
             body: SseBody::new(body, idle),
             state,
@@ -1081,7 +1082,12 @@ impl<T: Translate> Translated<T> {
                     self.error = Some(EventError::Fault(fault));
                 }
                 Some(Ok(event)) => match self.state.event(&event, &mut self.queue) {
-                    Ok(done) => self.ended = done,
+                    Ok(done) => {
+                        self.ended = done;
+                        if done {
+                            self.body.body.finish();
+                        }
+                    }
                     Err(error) => {
                         self.ended = true;
                         self.error = Some(error);

@@ -18,13 +18,12 @@ use bytes::Bytes;
 use http::header::AUTHORIZATION;
 use http::{HeaderName, HeaderValue, Request};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use serde_json::{Map, Value};
 
 use super::{
     AttemptError, ChatReply, ChunkStream, HttpClient, Provider, RawChunk, StreamFault, StreamItem,
-    Whole, body_with, check_completion, error_chain, key_from_env, max_upstream_body, post_json,
-    read_body, send_ok,
+    UpstreamBody, Whole, body_with, check_completion, error_chain, key_from_env, max_upstream_body,
+    post_json, read_body, send_ok,
 };
 use crate::chat::splice::{self, Edit};
 use crate::chat::{ChatChunk, ChatRequest};
@@ -230,7 +229,7 @@ fn base(p: &ProviderConfig) -> String {
 /// Reads an OpenAI SSE stream chunk by chunk.
 #[derive(Debug)]
 pub struct ChunkReader {
-    body: Incoming,
+    body: UpstreamBody,
     idle: Duration,
     parser: SseParser,
     events: VecDeque<SseEvent>,
@@ -245,7 +244,7 @@ pub struct ChunkReader {
 }
 
 impl ChunkReader {
-    fn new(body: Incoming, idle: Duration) -> Self {
+    fn new(body: UpstreamBody, idle: Duration) -> Self {
         ChunkReader {
             body,
             idle,
@@ -331,6 +330,7 @@ impl ChunkReader {
             match decode_event(&event) {
                 Decoded::Done => {
                     self.ended = true;
+                    self.body.finish();
                     return None;
                 }
                 Decoded::Skip => continue,

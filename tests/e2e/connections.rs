@@ -1,0 +1,189 @@
+//! Upstream connections: kept alive across requests, whole and streamed, in
+//! every wire format; a connection the upstream closed while idle is
+//! replaced without the client noticing; a stream the client abandons closes
+//! its upstream connection, so the provider stops generating.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use weir_testkit::client::{self, post_json};
+use weir_testkit::upstream::{Chat, MockUpstream, Reply};
+
+use crate::support::{SERVER, chat_body, config, gateway, start, stream_body};
+
+/// Model `chat` on one target of `kind` at `up`.
+fn one_target(kind: &str, up: &MockUpstream, model: &str) -> String {
+    format!(
+        r#"{SERVER}
+[[providers]]
+name = "p"
+kind = "{kind}"
+base_url = "{}"
+api_key_env = "WEIR_TEST_UPSTREAM_KEY"
+timeout_ms = 5000
+
+[[models]]
+name = "chat"
+targets = [{{ provider = "p", model = "{model}" }}]
+"#,
+        up.base_url()
+    )
+}
+
+/// Alternate whole and streamed answers through `gw`; every one complete.
+async fn whole_and_streamed(gw: &weir_testkit::gateway::Gateway, rounds: usize) {
+    let url = gw.url("/v1/chat/completions");
+    for _ in 0..rounds {
+        let r = post_json(&url, &chat_body("hi"), None).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let s = client::stream(&url, &stream_body("hi"), None).await;
+        assert_eq!(s.status, 200, "{}", s.raw);
+        assert!(s.done(), "{}", s.raw);
+        assert_eq!(s.text(), "one two", "{}", s.raw);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_and_streamed_answers_reuse_one_upstream_connection() {
+    let up = MockUpstream::start().await;
+    up.set_default(Reply::Chat(Chat::text(&["one ", "two"])));
+    let gw = start(&config(&up, ""));
+    whole_and_streamed(&gw, 4).await;
+    let connections: Vec<u64> = up.received().iter().map(|r| r.connection).collect();
+    assert_eq!(connections, vec![1; 8]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_and_gemini_streams_keep_their_connection_too() {
+    for (up, model) in [
+        (MockUpstream::anthropic().await, "claude-3-5-haiku-latest"),
+        (MockUpstream::gemini().await, "gemini-2.0-flash"),
+    ] {
+        up.set_default(Reply::Chat(Chat::text(&["one ", "two"])));
+        let kind = if model.starts_with("claude") {
+            "anthropic"
+        } else {
+            "gemini"
+        };
+        let gw = gateway(&one_target(kind, &up, model)).start();
+        whole_and_streamed(&gw, 3).await;
+        let connections: Vec<u64> = up.received().iter().map(|r| r.connection).collect();
+        assert_eq!(connections, vec![1; 6], "{kind}");
+    }
+}
+
+/// A completion as an upstream writes it, with its length.
+const COMPLETION: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"fresh"},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":1,"total_tokens":6}}"#;
+
+/// An upstream that answers one request on each connection, keep-alive as
+/// far as the client can tell, then closes the connection without a word
+/// (as servers close idle keep-alive connections). Returns its address,
+/// the connections it accepted, and a receiver told of each close.
+async fn closing_upstream() -> (
+    std::net::SocketAddr,
+    Arc<AtomicU64>,
+    tokio::sync::mpsc::UnboundedReceiver<u64>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let (closed_tx, closed_rx) = tokio::sync::mpsc::unbounded_channel();
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+            let closed_tx = closed_tx.clone();
+            tokio::spawn(async move {
+                // Headers, then as many body bytes as Content-Length says.
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                let body_start = loop {
+                    let read = socket.read(&mut buf).await.unwrap();
+                    assert!(read > 0, "the gateway closed before a whole request");
+                    request.extend_from_slice(&buf[..read]);
+                    if let Some(i) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&request[..body_start]).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                while request.len() < body_start + length {
+                    let read = socket.read(&mut buf).await.unwrap();
+                    assert!(read > 0, "the gateway closed before a whole request");
+                    request.extend_from_slice(&buf[..read]);
+                }
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{COMPLETION}",
+                    COMPLETION.len()
+                );
+                socket.write_all(response.as_bytes()).await.unwrap();
+                drop(socket);
+                let _ = closed_tx.send(n);
+            });
+        }
+    });
+    (addr, accepted, closed_rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_upstream_closed_while_idle_is_replaced() {
+    let (addr, accepted, mut closed) = closing_upstream().await;
+    let config = format!(
+        r#"{SERVER}
+[[providers]]
+name = "p"
+kind = "openai"
+base_url = "http://{addr}/v1"
+timeout_ms = 5000
+
+[[models]]
+name = "chat"
+targets = [{{ provider = "p", model = "gpt-4o-mini" }}]
+"#
+    );
+    let gw = start(&config);
+    let url = gw.url("/v1/chat/completions");
+    for round in 1..=3 {
+        let r = post_json(&url, &chat_body("hi"), None).await;
+        assert_eq!(r.status, 200, "round {round}: {}", r.text());
+        assert_eq!(r.json()["choices"][0]["message"]["content"], "fresh");
+        // The upstream has closed the connection before the next request.
+        assert_eq!(closed.recv().await, Some(round));
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_the_client_abandons_closes_its_upstream_connection() {
+    let up = MockUpstream::start().await;
+    let pieces: Vec<String> = (0..200).map(|i| format!("w{i} ")).collect();
+    let pieces: Vec<&str> = pieces.iter().map(String::as_str).collect();
+    up.set_default(Reply::Chat(
+        Chat::text(&pieces).delay(Duration::from_millis(20)),
+    ));
+    let gw = start(&config(&up, ""));
+    let mut reader =
+        client::open_stream(&gw.url("/v1/chat/completions"), &stream_body("hi"), None).await;
+    assert_eq!(reader.status, 200);
+    assert!(reader.next_event().await.is_some());
+    assert_eq!(up.open_connections(), 1);
+    drop(reader);
+    // The mock notices at its next write (every 20 ms); the rest of the
+    // answer would take 4 s.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while up.open_connections() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the upstream connection is still open"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(up.connections(), 1);
+}
