@@ -1,7 +1,10 @@
 //! Upstream connections: kept alive across requests, whole and streamed, in
 //! every wire format; a connection the upstream closed while idle is
 //! replaced without the client noticing; a stream the client abandons closes
-//! its upstream connection, so the provider stops generating.
+//! its upstream connection, so the provider stops generating. Over TLS,
+//! HTTP/2 is negotiated and one connection carries every request; the
+//! upstream's certificate must chain to a trusted root (`SSL_CERT_FILE`
+//! adds roots).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use weir_testkit::client::{self, post_json};
-use weir_testkit::upstream::{Chat, MockUpstream, Reply};
+use weir_testkit::upstream::{Chat, MockUpstream, Reply, TEST_CA};
 
 use crate::support::{SERVER, chat_body, config, gateway, start, stream_body};
 
@@ -186,4 +189,76 @@ async fn a_stream_the_client_abandons_closes_its_upstream_connection() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(up.connections(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_upstream_is_reached_over_http2_on_one_shared_connection() {
+    let up = MockUpstream::start_tls().await;
+    up.set_default(Reply::Chat(Chat::text(&["one ", "two"])));
+    let gw = gateway(&config(&up, ""))
+        .env("SSL_CERT_FILE", TEST_CA)
+        .start();
+    whole_and_streamed(&gw, 2).await;
+    // Concurrent streams share the connection (HTTP/2 streams).
+    let url = gw.url("/v1/chat/completions");
+    let body = stream_body("hi");
+    let streams =
+        futures_util::future::join_all((0..8).map(|_| client::stream(&url, &body, None))).await;
+    for s in streams {
+        assert!(s.done(), "{}", s.raw);
+        assert_eq!(s.text(), "one two");
+    }
+    let received = up.received();
+    assert_eq!(received.len(), 12);
+    for r in &received {
+        assert_eq!(r.version, http::Version::HTTP_2);
+        assert_eq!(r.connection, 1);
+        assert_eq!(r.body["model"], "gpt-4o-mini");
+    }
+    assert_eq!(up.connections(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_certificate_from_an_untrusted_ca_is_refused() {
+    let up = MockUpstream::start_tls().await;
+    let gw = start(&config(&up, ""));
+    let r = post_json(&gw.url("/v1/chat/completions"), &chat_body("hi"), None).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.error_code(), "upstream_error");
+    assert!(up.received().is_empty());
+}
+
+#[test]
+fn an_unreadable_ssl_cert_file_stops_the_gateway_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("weir.toml"), SERVER).unwrap();
+    std::fs::write(dir.path().join("not-pem.txt"), "hello").unwrap();
+    for file in ["missing.pem", "not-pem.txt"] {
+        let mut child = std::process::Command::new(crate::support::bin())
+            .args(["serve", "--config", "weir.toml"])
+            .current_dir(dir.path())
+            .env("SSL_CERT_FILE", dir.path().join(file))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("weir kept running with SSL_CERT_FILE={file}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("SSL_CERT_FILE") && stderr.contains(file),
+            "{stderr}"
+        );
+    }
 }

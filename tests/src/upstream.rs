@@ -13,7 +13,10 @@
 //! `upstream_gemini.rs`. Faults, in every format: any status with the
 //! vendor's error body, a hang (headers never sent), a connection dropped
 //! mid-stream, malformed JSON, an error event mid-stream. Every request is
-//! recorded (path, query, headers, JSON body) for assertions.
+//! recorded (path, query, headers, JSON body, HTTP version, connection) for
+//! assertions. [`MockUpstream::start_tls`] serves over TLS, offering HTTP/2
+//! and HTTP/1.1 by ALPN as real providers do, with a certificate for
+//! `127.0.0.1` signed by the test CA in `tests/fixtures/tls/ca.pem`.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -28,6 +31,8 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
@@ -249,6 +254,7 @@ pub struct Received {
     /// Which connection it came on: 1 for the first this upstream
     /// accepted, 2 for the next…
     pub connection: u64,
+    pub version: http::Version,
 }
 
 #[derive(Default)]
@@ -263,6 +269,8 @@ struct Shared {
     connections: std::sync::atomic::AtomicU64,
     /// Connections open now.
     open: std::sync::atomic::AtomicU64,
+    /// Serving over TLS (`https` URLs).
+    tls: bool,
 }
 
 /// A running mock upstream; stops when dropped.
@@ -301,13 +309,44 @@ impl MockUpstream {
 
     /// Start speaking `wire` on a given address.
     pub async fn start_wire(addr: SocketAddr, wire: Wire) -> MockUpstream {
+        Self::start_with(addr, wire, None).await
+    }
+
+    /// An OpenAI stand-in on a free loopback port, over TLS: HTTP/2 or
+    /// HTTP/1.1 as the client's ALPN asks. The gateway trusts it with
+    /// `SSL_CERT_FILE` = [`TEST_CA`].
+    pub async fn start_tls() -> MockUpstream {
+        let certs = CertificateDer::pem_file_iter(fixture("server.pem"))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(fixture("server.key")).unwrap();
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        Self::start_with("127.0.0.1:0".parse().unwrap(), Wire::OpenAi, Some(acceptor)).await
+    }
+
+    async fn start_with(
+        addr: SocketAddr,
+        wire: Wire,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> MockUpstream {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared {
             wire,
+            tls: tls.is_some(),
             ..Shared::default()
         });
-        let task = tokio::spawn(serve(listener, shared.clone()));
+        let task = tokio::spawn(serve(listener, shared.clone(), tls));
         MockUpstream { addr, shared, task }
     }
 
@@ -315,16 +354,19 @@ impl MockUpstream {
     /// `http://127.0.0.1:PORT/v1`, Anthropic's without `/v1`, Gemini's with
     /// `/v1beta`.
     pub fn base_url(&self) -> String {
+        let root = self.root_url();
         match self.shared.wire {
-            Wire::OpenAi => format!("http://{}/v1", self.addr),
-            Wire::Anthropic => format!("http://{}", self.addr),
-            Wire::Gemini => format!("http://{}/v1beta", self.addr),
+            Wire::OpenAi => format!("{root}/v1"),
+            Wire::Anthropic => root,
+            Wire::Gemini => format!("{root}/v1beta"),
         }
     }
 
-    /// `http://127.0.0.1:PORT`, e.g. an Azure OpenAI resource endpoint.
+    /// `http://127.0.0.1:PORT` (`https` over TLS), e.g. an Azure OpenAI
+    /// resource endpoint.
     pub fn root_url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.shared.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Queue a reply for the next request.
@@ -371,7 +413,16 @@ impl MockUpstream {
     }
 }
 
-async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+/// The test CA that signed [`MockUpstream::start_tls`]'s certificate.
+pub const TEST_CA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/tls/ca.pem");
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/tls")
+        .join(name)
+}
+
+async fn serve(listener: TcpListener, shared: Arc<Shared>, tls: Option<tokio_rustls::TlsAcceptor>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -381,6 +432,7 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         let connection = 1 + shared
             .connections
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tls = tls.clone();
         tokio::spawn(async move {
             shared
                 .open
@@ -392,9 +444,21 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                     async move { Ok::<_, Infallible>(answer(&shared, req, connection).await) }
                 }
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            match tls {
+                None => {
+                    let _ = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                }
+                Some(acceptor) => {
+                    if let Ok(stream) = acceptor.accept(stream).await {
+                        let _ = builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    }
+                }
+            }
             shared
                 .open
                 .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
@@ -404,6 +468,7 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 
 async fn answer(shared: &Shared, req: Request<Incoming>, connection: u64) -> Response<Body> {
     let method = req.method().to_string();
+    let version = req.version();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or_default().to_string();
     let headers = req.headers().clone();
@@ -423,6 +488,7 @@ async fn answer(shared: &Shared, req: Request<Incoming>, connection: u64) -> Res
             body: body.clone(),
             raw: bytes.clone(),
             connection,
+            version,
         });
     }
     let reply = shared

@@ -45,7 +45,7 @@ use crate::error::GatewayError;
 use crate::metrics;
 use crate::policy::{PolicyRuntime, RequestContext, RouteCandidate};
 use crate::pricing::PriceTable;
-use crate::providers::{self, AttemptError, ChatReply, HttpClient, Provider, Providers};
+use crate::providers::{AttemptError, ChatReply, HttpClient, Provider, Providers};
 use crate::routing::{
     self,
     health::{HealthRegistry, InFlight, Outcome, TargetHealth},
@@ -412,7 +412,7 @@ impl Gateway {
                 policies: Arc::new(policies),
             }),
             health,
-            client: providers::http_client()?,
+            client: HttpClient::from_env()?,
             ledger,
             metrics,
             ready: AtomicBool::new(false),

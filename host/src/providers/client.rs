@@ -3,7 +3,10 @@
 //!
 //! Connections are made by hyper-util's `HttpConnector` wrapped in
 //! hyper-rustls (TLS for `https`, ALPN picks HTTP/2 or HTTP/1.1) and driven
-//! by hyper's `client::conn` (one task per connection). The pool is a list
+//! by hyper's `client::conn` (one task per connection). TLS trusts the
+//! Mozilla roots bundled with weir and, when `SSL_CERT_FILE` names a PEM
+//! file, the certificates in it (a private CA in front of a self-hosted
+//! model server). The pool is a list
 //! of idle HTTP/1.1 senders per origin, taken last-in first-out, and one
 //! shared sender per origin for HTTP/2.
 //!
@@ -31,6 +34,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use bytes::Bytes;
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -45,7 +49,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use parking_lot::Mutex;
 use rustc_hash::FxBuildHasher;
 use tower_service::Service as _;
-use tracing::debug;
+use tracing::{debug, info};
 
 /// Idle connections older than this are closed instead of reused (servers
 /// close theirs after 5 s to a few minutes; a request on a connection the
@@ -55,6 +59,27 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Swept at most this often: closed and expired idle connections are
 /// dropped from an origin's list when a connection goes back to it.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Names a PEM file of certificates to trust besides the bundled roots.
+pub const CA_FILE_ENV: &str = "SSL_CERT_FILE";
+
+/// Add the certificates in the PEM file at `path` to `roots`; how many.
+/// Ones webpki cannot use are skipped (system bundles carry a few), but a
+/// file with none usable is an error.
+fn add_pem_roots(
+    roots: &mut rustls::RootCertStore,
+    path: &std::path::Path,
+) -> anyhow::Result<usize> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let certs = CertificateDer::pem_file_iter(path)?.collect::<Result<Vec<_>, _>>()?;
+    let (added, skipped) = roots.add_parsable_certificates(certs);
+    if skipped > 0 {
+        tracing::warn!(file = %path.display(), skipped, "some certificates in {CA_FILE_ENV} cannot be used as roots");
+    }
+    anyhow::ensure!(added > 0, "no usable certificate in the file");
+    Ok(added)
+}
 
 /// Why an upstream request got no response.
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +159,41 @@ enum Conn {
 }
 
 impl HttpClient {
+    /// The gateway's client: TCP with `TCP_NODELAY` and keep-alive probes,
+    /// TLS with the bundled roots plus those in [`CA_FILE_ENV`]'s file.
+    pub fn from_env() -> anyhow::Result<HttpClient> {
+        let mut roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        if let Some(path) = std::env::var_os(CA_FILE_ENV) {
+            let path = std::path::Path::new(&path);
+            let added = add_pem_roots(&mut roots, path).with_context(|| {
+                format!(
+                    "cannot read trusted certificates from {CA_FILE_ENV}={}",
+                    path.display()
+                )
+            })?;
+            info!(file = %path.display(), certificates = added, "trusting extra roots from {CA_FILE_ENV}");
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        Ok(HttpClient::new(https))
+    }
+
     /// A client for `connector` (which decides TLS and ALPN).
     pub fn new(connector: HttpsConnector<HttpConnector>) -> HttpClient {
         HttpClient(Arc::new(Shared {

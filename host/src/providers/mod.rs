@@ -32,7 +32,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Map, Value};
 
 use crate::chat::open::Extra;
@@ -47,21 +46,6 @@ pub use client::{HttpClient, UpstreamBody};
 const MAX_UPSTREAM_BODY: usize = 64 << 20;
 /// Largest upstream error body kept for the message.
 const MAX_ERROR_BODY: usize = 64 << 10;
-
-/// Build the shared upstream client.
-pub fn http_client() -> Result<HttpClient, rustls::Error> {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_keepalive(Some(Duration::from_secs(60)));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())?
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
-    Ok(HttpClient::new(https))
-}
 
 /// A configured provider.
 #[derive(Debug)]
