@@ -262,3 +262,35 @@ fn an_unreadable_ssl_cert_file_stops_the_gateway_at_start() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_body_ends_late_hands_on_its_connection_or_is_left_behind() {
+    let up = MockUpstream::start().await;
+    // The body's end 20 ms after `[DONE]`: the next request reads it and
+    // takes the connection. Three seconds after: the client's stream is not
+    // held up for it, and the next request gives up waiting (200 ms) and
+    // opens another connection.
+    up.push(Reply::Chat(
+        Chat::text(&["a"]).end_after(Duration::from_millis(20)),
+    ));
+    up.push(Reply::Chat(Chat::text(&["b"])));
+    up.push(Reply::Chat(
+        Chat::text(&["c"]).end_after(Duration::from_secs(3)),
+    ));
+    up.push(Reply::Chat(Chat::text(&["d"])));
+    let gw = start(&config(&up, ""));
+    let url = gw.url("/v1/chat/completions");
+    for text in ["a", "b", "c", "d"] {
+        let began = Instant::now();
+        let s = client::stream(&url, &stream_body("hi"), None).await;
+        assert!(s.done(), "{}", s.raw);
+        assert_eq!(s.text(), text);
+        assert!(
+            began.elapsed() < Duration::from_secs(2),
+            "stream {text} took {:?}",
+            began.elapsed()
+        );
+    }
+    let connections: Vec<u64> = up.received().iter().map(|r| r.connection).collect();
+    assert_eq!(connections, vec![1, 1, 1, 2]);
+}

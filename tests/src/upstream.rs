@@ -76,6 +76,8 @@ pub struct Chat {
     pub finish_reason: String,
     /// Tool calls after the text: name and argument pieces.
     pub tool_calls: Vec<(String, Vec<String>)>,
+    /// Streams: how long after the last event the body ends.
+    pub end_delay: Duration,
 }
 
 impl Default for Chat {
@@ -90,6 +92,7 @@ impl Default for Chat {
             delay: Duration::ZERO,
             finish_reason: "stop".into(),
             tool_calls: Vec::new(),
+            end_delay: Duration::ZERO,
         }
     }
 }
@@ -134,6 +137,12 @@ impl Chat {
     /// End with this finish reason (see [`Chat::finish_reason`]).
     pub fn finish(mut self, reason: &str) -> Chat {
         self.finish_reason = reason.into();
+        self
+    }
+
+    /// Streams: end the body this long after the last event (`[DONE]`).
+    pub fn end_after(mut self, delay: Duration) -> Chat {
+        self.end_delay = delay;
         self
     }
 
@@ -522,7 +531,7 @@ async fn answer(shared: &Shared, req: Request<Incoming>, connection: u64) -> Res
         Wire::Gemini => gemini::events(chat, &body),
     };
     match reply {
-        Reply::Chat(chat) if stream => sse(events(&chat), chat.delay, clean_end),
+        Reply::Chat(chat) if stream => sse(events(&chat), (chat.delay, chat.end_delay), clean_end),
         Reply::Chat(chat) => {
             if !chat.delay.is_zero() {
                 tokio::time::sleep(chat.delay).await;
@@ -549,8 +558,16 @@ async fn answer(shared: &Shared, req: Request<Incoming>, connection: u64) -> Res
             json_response(status, error.to_string())
         }
         Reply::Hang => std::future::pending().await,
-        Reply::DropAfter(chat, n) => sse(first_content(events(&chat), n), chat.delay, Tail::Drop),
-        Reply::StallAfter(chat, n) => sse(first_content(events(&chat), n), chat.delay, Tail::Stall),
+        Reply::DropAfter(chat, n) => sse(
+            first_content(events(&chat), n),
+            (chat.delay, Duration::ZERO),
+            Tail::Drop,
+        ),
+        Reply::StallAfter(chat, n) => sse(
+            first_content(events(&chat), n),
+            (chat.delay, Duration::ZERO),
+            Tail::Stall,
+        ),
         Reply::ErrorEventAfter(chat, n) => {
             let mut events = first_content(events(&chat), n);
             events.push((
@@ -563,7 +580,7 @@ async fn answer(shared: &Shared, req: Request<Incoming>, connection: u64) -> Res
                     Wire::Gemini => gemini::error_event(),
                 },
             ));
-            sse(events, chat.delay, Tail::End)
+            sse(events, (chat.delay, chat.end_delay), Tail::End)
         }
         Reply::Malformed if stream => {
             let event = match wire {
@@ -571,7 +588,11 @@ async fn answer(shared: &Shared, req: Request<Incoming>, connection: u64) -> Res
                 Wire::Anthropic => anthropic::MALFORMED_EVENT.to_string(),
                 Wire::Gemini => gemini::MALFORMED_EVENT.to_string(),
             };
-            sse(vec![(false, event)], Duration::ZERO, clean_end)
+            sse(
+                vec![(false, event)],
+                (Duration::ZERO, Duration::ZERO),
+                clean_end,
+            )
         }
         Reply::Malformed => {
             let body = match wire {
@@ -803,8 +824,13 @@ enum Tail {
     Stall,
 }
 
-/// Stream whole SSE events (`(delayed, text)`), then end as `tail` says.
-fn sse(events: Vec<(bool, String)>, delay: Duration, tail: Tail) -> Response<Body> {
+/// Stream whole SSE events (`(delayed, text)`), then end as `tail` says;
+/// `delay` goes before each delayed event, `end_delay` before a clean end.
+fn sse(
+    events: Vec<(bool, String)>,
+    (delay, end_delay): (Duration, Duration),
+    tail: Tail,
+) -> Response<Body> {
     let mut frames: VecDeque<(bool, Bytes)> = events
         .into_iter()
         .map(|(delayed, event)| (delayed, Bytes::from(event)))
@@ -833,7 +859,10 @@ fn sse(events: Vec<(bool, String)>, delay: Duration, tail: Tail) -> Response<Bod
                     (frames, tail, true),
                 )),
                 Tail::Stall => std::future::pending().await,
-                Tail::Done | Tail::End => None,
+                Tail::Done | Tail::End => {
+                    tokio::time::sleep(end_delay).await;
+                    None
+                }
             }
         },
     );

@@ -427,9 +427,11 @@ fn origin_form(uri: &Uri) -> Uri {
 }
 
 /// What is read of a response after its end marker (see
-/// [`UpstreamBody::finish`]) before giving up on the connection.
+/// [`UpstreamBody::finish`]) before giving up on the connection: the next
+/// request waits at most this long for the rest (normally there already)
+/// before it opens a new connection instead.
 const DRAIN_BYTES: usize = 64 << 10;
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+const DRAIN_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// Sends a connection back to the pool when its response is read.
 struct Checkin {
@@ -511,13 +513,8 @@ async fn settle(sender: &mut http1::SendRequest<Full<Bytes>>, mut rest: Incoming
         }
         Some(())
     };
-    matches!(
-        tokio::time::timeout(DRAIN_TIMEOUT, read).await,
-        Ok(Some(()))
-    ) && matches!(
-        tokio::time::timeout(DRAIN_TIMEOUT, sender.ready()).await,
-        Ok(Ok(()))
-    )
+    let settled = async { read.await.is_some() && sender.ready().await.is_ok() };
+    matches!(tokio::time::timeout(DRAIN_TIMEOUT, settled).await, Ok(true))
 }
 
 impl std::fmt::Debug for UpstreamBody {
