@@ -17,22 +17,21 @@ use weir_testkit::upstream::{Chat, MockUpstream, Reply, TEST_CA};
 
 use crate::support::{SERVER, chat_body, config, gateway, start, stream_body};
 
-/// Model `chat` on one target of `kind` at `up`.
-fn one_target(kind: &str, up: &MockUpstream, model: &str) -> String {
+/// Model `chat` on one target of `kind` at `base_url`.
+fn one_target(kind: &str, base_url: &str, model: &str) -> String {
     format!(
         r#"{SERVER}
 [[providers]]
 name = "p"
 kind = "{kind}"
-base_url = "{}"
+base_url = "{base_url}"
 api_key_env = "WEIR_TEST_UPSTREAM_KEY"
 timeout_ms = 5000
 
 [[models]]
 name = "chat"
 targets = [{{ provider = "p", model = "{model}" }}]
-"#,
-        up.base_url()
+"#
     )
 }
 
@@ -71,7 +70,7 @@ async fn anthropic_and_gemini_streams_keep_their_connection_too() {
         } else {
             "gemini"
         };
-        let gw = gateway(&one_target(kind, &up, model)).start();
+        let gw = gateway(&one_target(kind, &up.base_url(), model)).start();
         whole_and_streamed(&gw, 3).await;
         let connections: Vec<u64> = up.received().iter().map(|r| r.connection).collect();
         assert_eq!(connections, vec![1; 6], "{kind}");
@@ -138,20 +137,11 @@ async fn closing_upstream() -> (
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_the_upstream_closed_while_idle_is_replaced() {
     let (addr, accepted, mut closed) = closing_upstream().await;
-    let config = format!(
-        r#"{SERVER}
-[[providers]]
-name = "p"
-kind = "openai"
-base_url = "http://{addr}/v1"
-timeout_ms = 5000
-
-[[models]]
-name = "chat"
-targets = [{{ provider = "p", model = "gpt-4o-mini" }}]
-"#
-    );
-    let gw = start(&config);
+    let gw = start(&one_target(
+        "openai",
+        &format!("http://{addr}/v1"),
+        "gpt-4o-mini",
+    ));
     let url = gw.url("/v1/chat/completions");
     for round in 1..=3 {
         let r = post_json(&url, &chat_body("hi"), None).await;

@@ -313,11 +313,7 @@ impl HttpClient {
                 .handshake(io)
                 .await
                 .map_err(ClientError::Handshake)?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    debug!(error = %e, "upstream HTTP/2 connection ended with an error");
-                }
-            });
+            drive(connection);
             if let Some(pool) = self.0.origins.lock().get_mut(origin) {
                 pool.h2 = Some(sender.clone());
             }
@@ -327,11 +323,7 @@ impl HttpClient {
                 .handshake(io)
                 .await
                 .map_err(ClientError::Handshake)?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    debug!(error = %e, "upstream connection ended with an error");
-                }
-            });
+            drive(connection);
             Ok(Conn::H1(sender, None))
         }
     }
@@ -403,6 +395,15 @@ impl OriginPool {
         self.idle.retain(|idle| idle.usable(now));
         self.last_sweep = now;
     }
+}
+
+/// Run a connection's I/O in a task of its own until it closes.
+fn drive(connection: impl Future<Output = Result<(), hyper::Error>> + Send + 'static) {
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
 }
 
 fn origin(uri: &Uri) -> Option<Origin> {
