@@ -451,14 +451,52 @@ pub struct UpstreamBody {
     /// `None` once handed to [`UpstreamBody::finish`].
     body: Option<Incoming>,
     back: Option<Checkin>,
+    /// [`UpstreamBody::next_frame`]'s timer, made at its first wait.
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
 }
+
+/// [`UpstreamBody::next_frame`] waited longer than its limit.
+#[derive(Debug, Clone, Copy)]
+pub struct IdleTimeout;
 
 impl UpstreamBody {
     fn new(body: Incoming, back: Option<Checkin>) -> UpstreamBody {
         UpstreamBody {
             body: Some(body),
             back,
+            idle: None,
         }
+    }
+
+    /// The next frame (`None` at the end of the body), or [`IdleTimeout`]
+    /// when none arrived within `idle` of this call. One timer serves every
+    /// read of the body: it is re-armed only when it fires before the
+    /// current read's deadline (an earlier read ended in time), not
+    /// registered and cancelled per read as `tokio::time::timeout` around
+    /// each read would (~1k instructions per streamed chunk).
+    pub async fn next_frame(
+        &mut self,
+        idle: Duration,
+    ) -> Result<Option<Result<Frame<Bytes>, hyper::Error>>, IdleTimeout> {
+        let deadline = tokio::time::Instant::now() + idle;
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(frame) = Pin::new(&mut *self).poll_frame(cx) {
+                return Poll::Ready(Ok(frame));
+            }
+            let timer = self
+                .idle
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            loop {
+                match timer.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(()) if tokio::time::Instant::now() >= deadline => {
+                        return Poll::Ready(Err(IdleTimeout));
+                    }
+                    Poll::Ready(()) => timer.as_mut().reset(deadline),
+                }
+            }
+        })
+        .await
     }
 
     /// The reader has seen the stream's own end marker (`data: [DONE]`,

@@ -31,7 +31,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use serde_json::{Map, Value};
 
 use crate::chat::open::Extra;
@@ -464,7 +464,7 @@ pub async fn read_body(
 ) -> Result<Vec<u8>, AttemptError> {
     let mut out = Vec::new();
     loop {
-        match tokio::time::timeout(idle, body.frame()).await {
+        match body.next_frame(idle).await {
             Err(_) => return Err(AttemptError::Timeout),
             Ok(None) => return Ok(out),
             Ok(Some(Err(e))) => return Err(AttemptError::Connect(error_chain(&e))),
@@ -925,7 +925,7 @@ impl SseBody {
             if let Some(event) = self.events.pop_front() {
                 return Some(Ok(event));
             }
-            match tokio::time::timeout(self.idle, self.body.frame()).await {
+            match self.body.next_frame(self.idle).await {
                 Err(_) => return Some(Err(StreamFault::IdleTimeout(self.idle))),
                 Ok(None) => return None,
                 Ok(Some(Err(e))) => return Some(Err(StreamFault::Read(error_chain(&e)))),

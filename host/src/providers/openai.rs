@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::AUTHORIZATION;
 use http::{HeaderName, HeaderValue, Request};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use serde_json::{Map, Value};
 
 use super::{
@@ -282,7 +282,7 @@ impl ChunkReader {
     /// cleanly, else the fault.
     async fn fill(&mut self) -> Result<(), Option<StreamFault>> {
         while self.events.is_empty() {
-            match tokio::time::timeout(self.idle, self.body.frame()).await {
+            match self.body.next_frame(self.idle).await {
                 Err(_) => {
                     self.ended = true;
                     return Err(Some(StreamFault::IdleTimeout(self.idle)));
