@@ -4,7 +4,8 @@
 //! its upstream connection, so the provider stops generating. Over TLS,
 //! HTTP/2 is negotiated and one connection carries every request; the
 //! upstream's certificate must chain to a trusted root (`SSL_CERT_FILE`
-//! adds roots).
+//! adds roots). The stream idle limit bounds each gap between reads, not
+//! the whole stream.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -283,4 +284,39 @@ async fn a_stream_whose_body_ends_late_hands_on_its_connection_or_is_left_behind
     }
     let connections: Vec<u64> = up.received().iter().map(|r| r.connection).collect();
     assert_eq!(connections, vec![1, 1, 1, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_idle_limit_bounds_each_gap_not_the_whole_stream() {
+    let up = MockUpstream::start().await;
+    // Eight chunks 200 ms apart: 1.6 s in all, well past a 1 s idle limit
+    // that each gap stays under.
+    let pieces = ["a", "b", "c", "d", "e", "f", "g", "h"];
+    up.push(Reply::Chat(
+        Chat::text(&pieces).delay(Duration::from_millis(200)),
+    ));
+    let config = config(&up, "").replace(
+        "stream_idle_timeout_ms = 2000",
+        "stream_idle_timeout_ms = 1000",
+    );
+    assert!(config.contains("stream_idle_timeout_ms = 1000"));
+    let gw = start(&config);
+    let url = gw.url("/v1/chat/completions");
+    let began = Instant::now();
+    let s = client::stream(&url, &stream_body("hi"), None).await;
+    assert!(s.done(), "{}", s.raw);
+    assert_eq!(s.text(), pieces.concat());
+    assert!(began.elapsed() >= Duration::from_millis(1400));
+    // A gap longer than the limit still ends the stream.
+    up.push(Reply::StallAfter(Chat::text(&["x", "y"]), 1));
+    let began = Instant::now();
+    let s = client::stream(&url, &stream_body("hi"), None).await;
+    assert!(!s.done(), "{}", s.raw);
+    assert_eq!(
+        s.error().unwrap()["error"]["code"],
+        "upstream_timeout",
+        "{}",
+        s.raw
+    );
+    assert!(began.elapsed() >= Duration::from_millis(1000));
 }
