@@ -6,9 +6,8 @@
 //! by hyper's `client::conn` (one task per connection). TLS trusts the
 //! Mozilla roots bundled with weir and, when `SSL_CERT_FILE` names a PEM
 //! file, the certificates in it (a private CA in front of a self-hosted
-//! model server). The pool is a list
-//! of idle HTTP/1.1 senders per origin, taken last-in first-out, and one
-//! shared sender per origin for HTTP/2.
+//! model server). The pool is a list of idle HTTP/1.1 senders per origin,
+//! taken last-in first-out, and one shared sender per origin for HTTP/2.
 //!
 //! Why not hyper-util's `legacy::Client`: sending a request through it cost
 //! 13.8k instructions per request in the gateway, 4.0k through this one
@@ -39,7 +38,6 @@ use bytes::Bytes;
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
-use http_body_util::BodyExt as _;
 use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
@@ -185,21 +183,16 @@ impl HttpClient {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_keepalive(Some(Duration::from_secs(60)));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        Ok(HttpClient::new(https))
-    }
-
-    /// A client for `connector` (which decides TLS and ALPN).
-    pub fn new(connector: HttpsConnector<HttpConnector>) -> HttpClient {
-        HttpClient(Arc::new(Shared {
+        Ok(HttpClient(Arc::new(Shared {
             connector,
             origins: Mutex::new(HashMap::default()),
-        }))
+        })))
     }
 
     /// Send `req` (an absolute `http` or `https` URI) and return the
@@ -213,7 +206,7 @@ impl HttpClient {
         loop {
             let (conn, host, reused) = self.checkout(&origin, req.uri()).await?;
             let absolute = req.uri().clone();
-            let sent = match conn {
+            let mut failed = match conn {
                 Conn::H1(mut sender, rest) => {
                     if let Some(rest) = rest
                         && !settle(&mut sender, rest).await
@@ -245,7 +238,6 @@ impl HttpClient {
                     Err(e) => e,
                 },
             };
-            let mut failed = sent;
             match failed.take_message() {
                 // Not written: the reused connection was closed under us.
                 Some(mut unsent) if reused => {
@@ -279,17 +271,16 @@ impl HttpClient {
                 }
                 pool.h2 = None;
             }
-            if let Some(idle) = pool.idle.pop() {
-                // The newest idle connection: expired or closed means every
-                // older one may be too, so the sweep drops them all.
+            // The newest idle connection: expired or closed means older ones
+            // may be too, so the sweep drops them all.
+            if let Some(newest) = pool.idle.last() {
                 let now = Instant::now();
-                if idle.usable(now) {
-                    return Ok((Conn::H1(idle.sender, idle.rest), pool.host.clone(), true));
+                if !newest.usable(now) {
+                    pool.sweep(now);
                 }
-                pool.sweep(now);
-                if let Some(idle) = pool.idle.pop() {
-                    return Ok((Conn::H1(idle.sender, idle.rest), pool.host.clone(), true));
-                }
+            }
+            if let Some(idle) = pool.idle.pop() {
+                return Ok((Conn::H1(idle.sender, idle.rest), pool.host.clone(), true));
             }
             pool.host.clone()
         };
@@ -363,13 +354,6 @@ impl HttpClient {
                 rest,
             });
         }
-    }
-
-    /// Idle HTTP/1.1 connections to `base` (tests and diagnostics).
-    pub fn idle_connections(&self, base: &Uri) -> usize {
-        origin(base)
-            .and_then(|o| self.0.origins.lock().get(&o).map(|p| p.idle.len()))
-            .unwrap_or(0)
     }
 }
 
@@ -509,31 +493,29 @@ impl UpstreamBody {
         let (Some(mut body), Some(back)) = (self.body.take(), self.back.take()) else {
             return;
         };
-        let mut drained = 0;
-        match drain_ready(&mut body, &mut drained) {
-            Some(true) => back.client.checkin(back.origin, back.sender),
-            Some(false) => back.client.idle(back.origin, back.sender, Some(body)),
-            None => {}
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match poll_drain(&mut body, &mut 0, &mut cx) {
+            Poll::Ready(true) => back.client.checkin(back.origin, back.sender),
+            Poll::Ready(false) => {}
+            Poll::Pending => back.client.idle(back.origin, back.sender, Some(body)),
         }
     }
 }
 
-/// Read and drop what has arrived of `body`: `Some(true)` when it ended,
-/// `Some(false)` when the rest is still to come, `None` when it failed or
-/// ran past [`DRAIN_BYTES`] (the connection is not worth keeping).
-fn drain_ready(body: &mut Incoming, drained: &mut usize) -> Option<bool> {
-    let mut cx = Context::from_waker(std::task::Waker::noop());
+/// Read and drop the rest of `body`, counting into `drained`: `Ready(true)`
+/// at its end, `Ready(false)` when it failed or ran past [`DRAIN_BYTES`]
+/// (the connection is not worth keeping).
+fn poll_drain(body: &mut Incoming, drained: &mut usize, cx: &mut Context<'_>) -> Poll<bool> {
     loop {
-        match Pin::new(&mut *body).poll_frame(&mut cx) {
-            Poll::Ready(None) => return Some(true),
-            Poll::Ready(Some(Ok(frame))) => {
+        match ready!(Pin::new(&mut *body).poll_frame(cx)) {
+            None => return Poll::Ready(true),
+            Some(Ok(frame)) => {
                 *drained += frame.data_ref().map_or(0, Bytes::len);
                 if *drained > DRAIN_BYTES {
-                    return None;
+                    return Poll::Ready(false);
                 }
             }
-            Poll::Ready(Some(Err(_))) => return None,
-            Poll::Pending => return Some(false),
+            Some(Err(_)) => return Poll::Ready(false),
         }
     }
 }
@@ -543,16 +525,8 @@ fn drain_ready(body: &mut Incoming, drained: &mut usize) -> Option<bool> {
 /// the connection is not usable.
 async fn settle(sender: &mut http1::SendRequest<Full<Bytes>>, mut rest: Incoming) -> bool {
     let mut drained = 0;
-    let read = async {
-        while let Some(frame) = rest.frame().await {
-            drained += frame.ok()?.data_ref().map_or(0, Bytes::len);
-            if drained > DRAIN_BYTES {
-                return None;
-            }
-        }
-        Some(())
-    };
-    let settled = async { read.await.is_some() && sender.ready().await.is_ok() };
+    let read = std::future::poll_fn(|cx| poll_drain(&mut rest, &mut drained, cx));
+    let settled = async { read.await && sender.ready().await.is_ok() };
     matches!(tokio::time::timeout(DRAIN_TIMEOUT, settled).await, Ok(true))
 }
 

@@ -919,6 +919,12 @@ impl SseBody {
         }
     }
 
+    /// The stream's end marker arrived: nothing more is read (see
+    /// [`UpstreamBody::finish`]).
+    pub fn finish(&mut self) {
+        self.body.finish();
+    }
+
     /// The next event; `None` when the body ended.
     pub async fn next(&mut self) -> Option<Result<SseEvent, StreamFault>> {
         loop {
@@ -1069,7 +1075,7 @@ impl<T: Translate> Translated<T> {
                     Ok(done) => {
                         self.ended = done;
                         if done {
-                            self.body.body.finish();
+                            self.body.finish();
                         }
                     }
                     Err(error) => {
