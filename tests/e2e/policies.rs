@@ -633,12 +633,9 @@ async fn a_reused_instance_logs_its_output_with_the_request_it_serves() {
             Duration::from_secs(5),
         );
     }
-    let printed = gw
-        .logs()
-        .iter()
-        .filter(|l| l.contains("says hello on stdout"))
-        .count();
-    // Once for the request, once for its echo in the answer.
+    // Once for the request, once for its echo in the answer (the second
+    // line of the last request may still be on its way to the log reader).
+    let printed = gw.wait_for_log_count("says hello on stdout", 6, Duration::from_secs(5));
     assert_eq!(printed, 6, "{}", gw.logs().join("\n"));
 }
 

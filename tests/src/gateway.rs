@@ -232,6 +232,25 @@ impl Gateway {
         }
     }
 
+    /// How many log lines contain `needle`, once at least `count` do
+    /// (the logs are read from the process as it writes them). Panics if
+    /// fewer arrive within `within`.
+    pub fn wait_for_log_count(&self, needle: &str, count: usize, within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        loop {
+            let seen = self.logs().iter().filter(|l| l.contains(needle)).count();
+            if seen >= count {
+                return seen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{seen} log lines containing {needle:?} within {within:?}, not {count}:\n{}",
+                self.logs().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Send a signal (`TERM`, `HUP`, …).
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
