@@ -399,6 +399,52 @@ async fn broken_policies_fail_closed_within_the_deadline_and_the_gateway_keeps_s
     }
 }
 
+/// The epoch ticker that enforces hook deadlines runs while guest code
+/// may run, not while a guarded request waits on its provider (a slow
+/// model, a long stream between chunks): then it sleeps. A guest that
+/// loops after such a quiet spell still meets its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_ticker_sleeps_while_guarded_requests_wait_on_their_provider() {
+    let (up, gw) = hostile("deny").await;
+    let url = gw.url("/v1/chat/completions");
+    up.push(Reply::Hang);
+    let waiting = {
+        let url = url.clone();
+        tokio::spawn(async move { post_json(&url, &chat_body("a slow answer"), None).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while up.received().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the request never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Its response guard is made while the upstream works; then no guest
+    // code runs until the upstream answers, which it never does.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = gw.thread_switches("weir-epoch");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let woken = gw.thread_switches("weir-epoch") - before;
+    // Ticking, it would have woken about a thousand times.
+    assert!(
+        woken <= 50,
+        "the epoch ticker woke {woken} times in 1 s while no guest code ran"
+    );
+
+    let started = Instant::now();
+    let r = post_json(&url, &chat_body("HOSTILE:loop"), None).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.error_code(), "policy_error");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the looping guest was stopped after {:?}",
+        started.elapsed()
+    );
+    assert!(!waiting.is_finished(), "the waiting request was answered");
+    waiting.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_policies_fail_open_when_configured() {
     let (up, gw) = hostile("allow").await;

@@ -278,6 +278,26 @@ impl Gateway {
     pub fn rss_kib(&self) -> u64 {
         rss_kib(self.child.id())
     }
+
+    /// Context switches so far of the gateway's thread named `name` (a
+    /// thread that sleeps between bits of work switches out once per
+    /// wake-up), from `/proc` (Linux); panics if there is no such thread.
+    pub fn thread_switches(&self, name: &str) -> u64 {
+        let tasks = format!("/proc/{}/task", self.child.id());
+        for task in std::fs::read_dir(&tasks).unwrap().flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.trim_end() != name {
+                continue;
+            }
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            return status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum();
+        }
+        panic!("the gateway has no thread named {name:?}");
+    }
 }
 
 impl Drop for Gateway {

@@ -2,10 +2,11 @@
 //!
 //! One [`Engine`] for the process: Cranelift, epoch interruption (a 1 ms
 //! ticker thread; a hook's `timeout_ms` becomes a deadline in ticks, which
-//! costs far less guest time than fuel; the thread ticks only while some
-//! policy store serves a request — not for idle or stocked instances — and
-//! sleeps otherwise, so a gateway with no policy work is not woken a
-//! thousand times a second), and the pooling allocator so a
+//! costs far less guest time than fuel; the thread ticks only while guest
+//! code may run — during a hook call and for a few ticks after the last
+//! one began — and sleeps otherwise, so neither an idle gateway nor one
+//! whose guarded requests wait on their providers is woken a thousand
+//! times a second), and the pooling allocator so a
 //! per-request instance reuses pre-mapped memory slots instead of paying for
 //! mmap/munmap. If the pool cannot reserve its address space (a tight
 //! `ulimit -v`, say) the engine falls back to on-demand allocation and says
@@ -19,7 +20,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::Thread;
 use std::time::Duration;
@@ -96,31 +97,53 @@ pub struct PolicyEngine {
     ticker: Arc<Ticker>,
 }
 
-/// The epoch ticker's switch: it ticks while `stores > 0` (stores serving
-/// a request).
+/// The epoch ticker's switch. It ticks while a guest call runs
+/// (`running > 0`) and for [`GRACE_TICKS`] after the last one began, then
+/// parks until the next call starts: calls that follow each other closely
+/// (a loaded gateway) keep it ticking without a wake-up each, and a
+/// request waiting on its provider between calls costs no ticks.
 #[derive(Default)]
-struct Ticker {
-    stores: AtomicUsize,
+pub(super) struct Ticker {
+    /// Guest calls under way.
+    running: AtomicUsize,
+    /// A call began since the ticker last looked.
+    began: AtomicBool,
+    /// The ticker is parked (or about to be): the next call wakes it.
+    parked: AtomicBool,
     thread: OnceLock<Thread>,
 }
 
-/// Held by every policy store: keeps the epoch ticker ticking.
+/// Quiet ticks (no call running or begun) before the ticker parks.
+const GRACE_TICKS: u32 = 3;
+
+/// Held across one guest call: keeps the epoch ticker ticking.
 pub struct Ticking(Arc<Ticker>);
 
 impl Ticker {
-    fn start(self: &Arc<Ticker>) -> Ticking {
-        if self.stores.fetch_add(1, Ordering::SeqCst) == 0
+    pub(super) fn start(self: &Arc<Ticker>) -> Ticking {
+        // Paired with the ticker's store of `parked` then load of
+        // `running` (all SeqCst): either it sees this call and stays up,
+        // or this call sees it parked and wakes it.
+        self.running.fetch_add(1, Ordering::SeqCst);
+        self.began.store(true, Ordering::Relaxed);
+        if self.parked.load(Ordering::SeqCst)
+            && self.parked.swap(false, Ordering::SeqCst)
             && let Some(thread) = self.thread.get()
         {
             thread.unpark();
         }
         Ticking(self.clone())
     }
+
+    /// Nothing to tick for: no call running, none begun since last asked.
+    fn quiet(&self) -> bool {
+        self.running.load(Ordering::SeqCst) == 0 && !self.began.swap(false, Ordering::Relaxed)
+    }
 }
 
 impl Drop for Ticking {
     fn drop(&mut self) {
-        self.0.stores.fetch_sub(1, Ordering::SeqCst);
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -270,7 +293,7 @@ impl PolicyEngine {
     /// A store for one instance of `meta`, with its limits and a deadline
     /// that starts disarmed.
     pub fn store(&self, meta: Arc<PolicyMeta>, request_id: Arc<str>) -> Store<PolicyState> {
-        let state = PolicyState::new(meta, request_id, self.ticker.start());
+        let state = PolicyState::new(meta, request_id, self.ticker.clone());
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| s.limiter());
         store.epoch_deadline_trap();
@@ -288,12 +311,6 @@ impl PolicyEngine {
     /// taken.
     pub fn try_spare_permit(&self) -> Option<OwnedSemaphorePermit> {
         self.spare_permits.clone().try_acquire_owned().ok()
-    }
-
-    /// Keeps the epoch ticker running while held: by every store that is
-    /// serving a request.
-    pub fn ticking(&self) -> Ticking {
-        self.ticker.start()
     }
 
     /// Epoch ticks for a deadline of `ms` milliseconds (at least one tick,
@@ -327,20 +344,32 @@ fn spawn_epoch_ticker(engine: &Engine, ticker: &Arc<Ticker>) {
     let spawned = std::thread::Builder::new()
         .name("weir-epoch".into())
         .spawn(move || {
+            let mut quiet = 0;
             while let Some(engine) = weak.upgrade() {
-                let idle = switch
-                    .upgrade()
-                    .is_none_or(|t| t.stores.load(Ordering::SeqCst) == 0);
-                if idle {
-                    // Woken by the next store (`Ticker::start`), or every
-                    // second to notice the engine is gone.
-                    drop(engine);
-                    std::thread::park_timeout(Duration::from_secs(1));
-                    continue;
-                }
                 engine.increment_epoch();
                 drop(engine);
-                std::thread::sleep(TICK);
+                let Some(ticker) = switch.upgrade() else {
+                    return;
+                };
+                quiet = if ticker.quiet() { quiet + 1 } else { 0 };
+                if quiet < GRACE_TICKS {
+                    drop(ticker);
+                    std::thread::sleep(TICK);
+                    continue;
+                }
+                quiet = 0;
+                ticker.parked.store(true, Ordering::SeqCst);
+                // Until the next call (`Ticker::start` clears `parked`),
+                // looking every second whether the engine is gone.
+                while ticker.running.load(Ordering::SeqCst) == 0
+                    && ticker.parked.load(Ordering::SeqCst)
+                {
+                    std::thread::park_timeout(Duration::from_secs(1));
+                    if weak.upgrade().is_none() {
+                        return;
+                    }
+                }
+                ticker.parked.store(false, Ordering::SeqCst);
             }
         });
     match spawned {

@@ -32,7 +32,7 @@ use wasmtime::component::ResourceAny;
 use super::bindings::guardrail::exports::weir::policy::guardrail::{ChunkVerdict, RequestVerdict};
 use super::bindings::guardrail::weir::policy::types as wit;
 use super::exports::Guardrail;
-use super::state::PolicyState;
+use super::state::{PolicyState, arm};
 use super::{Policy, PolicyRuntime, Pre, Rejection};
 use crate::chat::{ChatRequest, message_text};
 use crate::config::OnError;
@@ -390,9 +390,7 @@ impl GuardChain {
                 .flatten();
             if let Some(idle) = reused {
                 let mut store = idle.store;
-                store
-                    .data_mut()
-                    .serve(request_id.clone(), runtime.engine.ticking());
+                store.data_mut().serve(request_id.clone());
                 guard.live = Some(Live {
                     store,
                     bindings: idle.bindings,
@@ -423,9 +421,7 @@ impl GuardChain {
                 };
                 if let Some(fresh) = fresh {
                     let mut store = fresh.store;
-                    store
-                        .data_mut()
-                        .serve(request_id.clone(), runtime.engine.ticking());
+                    store.data_mut().serve(request_id.clone());
                     guard.live = Some(Live {
                         store,
                         bindings: fresh.bindings,
@@ -441,8 +437,10 @@ impl GuardChain {
             let mut store = runtime
                 .engine
                 .store(policy.meta.clone(), request_id.clone());
-            store.set_epoch_deadline(policy.limits.ticks);
-            match pre.instantiate_async(&mut store).await {
+            let ticking = arm(&mut store, policy.limits.ticks);
+            let made = pre.instantiate_async(&mut store).await;
+            drop(ticking);
+            match made {
                 Ok(bindings) => {
                     policy
                         .metrics
@@ -489,8 +487,7 @@ impl GuardChain {
                 continue;
             };
             let started = Instant::now();
-            live.store.set_epoch_deadline(guard.policy.limits.ticks);
-            live.store.data_mut().begin_call();
+            let _ticking = arm(&mut live.store, guard.policy.limits.ticks);
             let result = live
                 .bindings
                 .call_on_request(&mut live.store, &self.info, &req)
@@ -575,8 +572,7 @@ impl GuardChain {
             let Some(live) = guard.live.as_mut().filter(|l| l.response.is_none()) else {
                 continue;
             };
-            live.store.set_epoch_deadline(guard.policy.limits.ticks);
-            live.store.data_mut().begin_call();
+            let _ticking = arm(&mut live.store, guard.policy.limits.ticks);
             let result = live
                 .bindings
                 .call_constructor(&mut live.store, &self.info)
@@ -620,8 +616,7 @@ impl GuardChain {
             return Ok(offered);
         };
         let started = Instant::now();
-        live.store.set_epoch_deadline(guard.policy.limits.ticks);
-        live.store.data_mut().begin_call();
+        let _ticking = arm(&mut live.store, guard.policy.limits.ticks);
         let result = live
             .bindings
             .call_on_chunk(&mut live.store, resource, index, &offered)
@@ -712,8 +707,7 @@ impl GuardChain {
                 continue;
             };
             let started = Instant::now();
-            live.store.set_epoch_deadline(guard.policy.limits.ticks);
-            live.store.data_mut().begin_call();
+            let _ticking = arm(&mut live.store, guard.policy.limits.ticks);
             let full = guard
                 .full
                 .iter()
@@ -873,13 +867,13 @@ async fn make_fresh(
 ) -> Option<Fresh> {
     let started = Instant::now();
     let mut store = runtime.engine.store(policy.meta.clone(), "".into());
-    store.set_epoch_deadline(policy.limits.ticks);
+    let ticking = arm(&mut store, policy.limits.ticks);
     let bindings = pre.instantiate_async(&mut store).await.ok()?;
+    drop(ticking);
     policy
         .metrics
         .instantiate
         .record(started.elapsed().as_secs_f64());
-    store.data_mut().rest();
     Some(Fresh {
         store,
         bindings,
@@ -899,12 +893,11 @@ async fn retire(guard: Guard, tenant: &Option<String>) {
         return;
     }
     if let Some(resource) = live.response.take() {
-        live.store.set_epoch_deadline(policy.limits.ticks);
+        let _ticking = arm(&mut live.store, policy.limits.ticks);
         if resource.resource_drop_async(&mut live.store).await.is_err() {
             return;
         }
     }
-    live.store.data_mut().rest();
     let evicted = {
         let mut idle = policy.idle.lock();
         let evicted = (idle.len() >= MAX_IDLE).then(|| idle.remove(0));

@@ -362,7 +362,8 @@ impl PolicyRuntime {
         // a second so a busy machine (deadlines are wall-clock) does not
         // reject a good policy at load.
         let ticks = policy.limits.ticks.max(PolicyEngine::ticks(1000));
-        store.set_epoch_deadline(ticks);
+        // The smoke test's calls follow each other: one guard for all.
+        let _ticking = state::arm(&mut store, ticks);
         let err = |e: wasmtime::Error| LoadError::Smoke(guardrail::describe_failure(&e).1);
         let wrong = |detail: String| LoadError::WrongWorld {
             world: world_name(policy.kind),
@@ -499,7 +500,8 @@ impl PolicyRuntime {
         let mut store = self
             .engine
             .store(policy.meta.clone(), ctx.request_id.as_str().into());
-        store.set_epoch_deadline(policy.limits.ticks);
+        // One guard for the instantiation and the call that follows it.
+        let _ticking = state::arm(&mut store, policy.limits.ticks);
         let err = |e: wasmtime::Error| guardrail::describe_failure(&e).1;
         let bindings = pre.instantiate_async(&mut store).await.map_err(err)?;
         store.set_epoch_deadline(policy.limits.ticks);
@@ -587,7 +589,8 @@ impl PolicyRuntime {
         let mut store = self
             .engine
             .store(policy.meta.clone(), ctx.request_id.as_str().into());
-        store.set_epoch_deadline(policy.limits.ticks);
+        // One guard for the instantiation and the call that follows it.
+        let _ticking = state::arm(&mut store, policy.limits.ticks);
         let err = |e: wasmtime::Error| guardrail::describe_failure(&e).1;
         let bindings = pre.instantiate_async(&mut store).await.map_err(err)?;
         store.set_epoch_deadline(policy.limits.ticks);

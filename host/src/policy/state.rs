@@ -10,12 +10,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use wasmtime::component::ResourceTable;
-use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::guardrail::weir::policy::{host, kv, types};
-use super::engine::Ticking;
+use super::engine::{Ticker, Ticking};
 use super::kv::KvStore;
 
 /// Log messages a hook call may write; more are dropped.
@@ -52,31 +52,21 @@ pub struct PolicyState {
     pub(super) limits: StoreLimits,
     logs: u32,
     kv_ops: u32,
-    /// Keeps the epoch ticker running while this store serves a request
-    /// (`None` while it waits, idle or stocked).
-    ticking: Option<Ticking>,
+    /// The epoch ticker, run by [`arm`] for each guest call.
+    ticker: Arc<Ticker>,
 }
 
 impl PolicyState {
-    /// The request this (reused or stocked) instance serves from now on;
-    /// the epoch ticker runs while it does.
-    pub fn serve(&mut self, request_id: Arc<str>, ticking: Ticking) {
+    /// The request this (reused or stocked) instance serves from now on.
+    pub fn serve(&mut self, request_id: Arc<str>) {
         if let Some(cell) = &self.stdio_request {
             *cell.lock() = request_id.clone();
         }
         self.request_id = request_id;
-        self.ticking = Some(ticking);
     }
 
-    /// The instance waits for a request (idle or stocked): no need to
-    /// keep the epoch ticker running for it.
-    pub fn rest(&mut self) {
-        self.ticking = None;
-    }
-
-    /// Fresh state for one instance of `meta`, serving `request_id`, keeping
-    /// the epoch ticker on.
-    pub fn new(meta: Arc<PolicyMeta>, request_id: Arc<str>, ticking: Ticking) -> Self {
+    /// Fresh state for one instance of `meta`, serving `request_id`.
+    pub(super) fn new(meta: Arc<PolicyMeta>, request_id: Arc<str>, ticker: Arc<Ticker>) -> Self {
         let limits = StoreLimitsBuilder::new()
             .memory_size(meta.memory_bytes)
             .table_elements(1 << 20)
@@ -94,14 +84,8 @@ impl PolicyState {
             limits,
             logs: 0,
             kv_ops: 0,
-            ticking: Some(ticking),
+            ticker,
         }
-    }
-
-    /// Reset the per-call budgets before a hook call.
-    pub fn begin_call(&mut self) {
-        self.logs = 0;
-        self.kv_ops = 0;
     }
 
     /// The store's resource limiter.
@@ -123,6 +107,18 @@ impl PolicyState {
         }
         Ok(format!("{}\u{1f}{key}", self.meta.name))
     }
+}
+
+/// Ready `store` for one guest call (an instantiation, a hook, a
+/// resource drop): its deadline `ticks` epoch ticks away, fresh per-call
+/// budgets, and the epoch ticker running until the returned guard drops —
+/// hold it across the call.
+pub fn arm(store: &mut Store<PolicyState>, ticks: u64) -> Ticking {
+    store.set_epoch_deadline(ticks);
+    let state = store.data_mut();
+    state.logs = 0;
+    state.kv_ops = 0;
+    state.ticker.start()
 }
 
 /// The locked-down WASI a guest gets: no preopens, environment, sockets
