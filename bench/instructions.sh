@@ -51,7 +51,11 @@ for i in range(first, first + n):
 PY
 
 sed "s#@ROOT@#$root#g" bench/weir.toml > "$work/weir.toml"
-sed "s#@ROOT@#$root#g" bench/weir-policies.toml > "$work/weir-policies.toml"
+# A small instance pool: valgrind cannot reserve the default one's address
+# space, and weir would fall back to on-demand instances (it logs so),
+# which is not the path a fresh instance takes in production.
+sed -e "s#@ROOT@#$root#g" -e 's#^\[server\]$#[server]\npolicy_instances = 16#' \
+    bench/weir-policies.toml > "$work/weir-policies.toml"
 sed -e 's#^global = true$#global = true\nreuse_instances = 100000#' \
     "$work/weir-policies.toml" > "$work/weir-policies-reused.toml"
 
