@@ -344,6 +344,10 @@ fn spawn_epoch_ticker(engine: &Engine, ticker: &Arc<Ticker>) {
     let spawned = std::thread::Builder::new()
         .name("weir-epoch".into())
         .spawn(move || {
+            // Set here too, so it is there before this thread first parks.
+            if let Some(ticker) = switch.upgrade() {
+                let _ = ticker.thread.set(std::thread::current());
+            }
             let mut quiet = 0;
             while let Some(engine) = weak.upgrade() {
                 engine.increment_epoch();
