@@ -3,8 +3,8 @@
 //! One [`Engine`] for the process: Cranelift, epoch interruption (a 1 ms
 //! ticker thread; a hook's `timeout_ms` becomes a deadline in ticks, which
 //! costs far less guest time than fuel; the thread ticks only while guest
-//! code may run — during a hook call and for a few ticks after the last
-//! one began — and sleeps otherwise, so neither an idle gateway nor one
+//! code may run — while a hook call is under way or one began within the
+//! last tick — and sleeps otherwise, so neither an idle gateway nor one
 //! whose guarded requests wait on their providers is woken a thousand
 //! times a second), and the pooling allocator so a
 //! per-request instance reuses pre-mapped memory slots instead of paying for
@@ -98,10 +98,12 @@ pub struct PolicyEngine {
 }
 
 /// The epoch ticker's switch. It ticks while a guest call runs
-/// (`running > 0`) and for [`GRACE_TICKS`] after the last one began, then
+/// (`running > 0`) or another began within the last tick, and otherwise
 /// parks until the next call starts: calls that follow each other closely
-/// (a loaded gateway) keep it ticking without a wake-up each, and a
-/// request waiting on its provider between calls costs no ticks.
+/// (a loaded gateway) keep it ticking without a wake-up each, a request
+/// waiting on its provider between calls costs no ticks, and a burst of
+/// short calls (a streamed chunk through the guardrails) costs one wake-up
+/// from the first of them and one a tick later.
 #[derive(Default)]
 pub(super) struct Ticker {
     /// Guest calls under way.
@@ -112,9 +114,6 @@ pub(super) struct Ticker {
     parked: AtomicBool,
     thread: OnceLock<Thread>,
 }
-
-/// Quiet ticks (no call running or begun) before the ticker parks.
-const GRACE_TICKS: u32 = 3;
 
 /// Held across one guest call: keeps the epoch ticker ticking.
 pub struct Ticking(Arc<Ticker>);
@@ -348,20 +347,19 @@ fn spawn_epoch_ticker(engine: &Engine, ticker: &Arc<Ticker>) {
             if let Some(ticker) = switch.upgrade() {
                 let _ = ticker.thread.set(std::thread::current());
             }
-            let mut quiet = 0;
-            while let Some(engine) = weak.upgrade() {
+            loop {
+                std::thread::sleep(TICK);
+                let Some(engine) = weak.upgrade() else {
+                    return;
+                };
                 engine.increment_epoch();
                 drop(engine);
                 let Some(ticker) = switch.upgrade() else {
                     return;
                 };
-                quiet = if ticker.quiet() { quiet + 1 } else { 0 };
-                if quiet < GRACE_TICKS {
-                    drop(ticker);
-                    std::thread::sleep(TICK);
+                if !ticker.quiet() {
                     continue;
                 }
-                quiet = 0;
                 ticker.parked.store(true, Ordering::SeqCst);
                 // Until the next call (`Ticker::start` clears `parked`),
                 // looking every second whether the engine is gone.
@@ -374,6 +372,10 @@ fn spawn_epoch_ticker(engine: &Engine, ticker: &Arc<Ticker>) {
                     }
                 }
                 ticker.parked.store(false, Ordering::SeqCst);
+                // The call that woke it is seen by `running` a tick from
+                // now if it is still under way; one that is over by then
+                // (nearly all are) needs no tick at all.
+                ticker.began.store(false, Ordering::Relaxed);
             }
         });
     match spawned {
