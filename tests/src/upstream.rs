@@ -860,7 +860,13 @@ fn sse(
                 )),
                 Tail::Stall => std::future::pending().await,
                 Tail::Done | Tail::End => {
-                    tokio::time::sleep(end_delay).await;
+                    // Not even a zero sleep: tokio rounds a timer up to its
+                    // next millisecond, and a provider ends its body with
+                    // the last event (weir reads the end before the next
+                    // request on the connection: a late one holds that up).
+                    if !end_delay.is_zero() {
+                        tokio::time::sleep(end_delay).await;
+                    }
                     None
                 }
             }
