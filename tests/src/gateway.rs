@@ -218,35 +218,48 @@ impl Gateway {
 
     /// Wait until a log line contains `needle`; panics after `within`.
     pub fn wait_for_log(&self, needle: &str, within: Duration) -> String {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(line) = self.logs().into_iter().find(|l| l.contains(needle)) {
-                return line;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no log line containing {needle:?} within {within:?}:\n{}",
-                self.logs().join("\n")
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_for_logs(within, |logs| {
+            logs.iter()
+                .find(|l| l.contains(needle))
+                .cloned()
+                .ok_or_else(|| format!("no log line containing {needle:?}"))
+        })
     }
 
     /// How many log lines contain `needle`, once at least `count` do
     /// (the logs are read from the process as it writes them). Panics if
     /// fewer arrive within `within`.
     pub fn wait_for_log_count(&self, needle: &str, count: usize, within: Duration) -> usize {
+        self.wait_for_logs(within, |logs| {
+            let seen = logs.iter().filter(|l| l.contains(needle)).count();
+            if seen >= count {
+                Ok(seen)
+            } else {
+                Err(format!(
+                    "{seen} log lines containing {needle:?}, not {count},"
+                ))
+            }
+        })
+    }
+
+    /// Look at the logs every 20 ms until `check` accepts them; panics with
+    /// its last complaint and the logs after `within`.
+    fn wait_for_logs<T>(
+        &self,
+        within: Duration,
+        check: impl Fn(&[String]) -> Result<T, String>,
+    ) -> T {
         let deadline = Instant::now() + within;
         loop {
-            let seen = self.logs().iter().filter(|l| l.contains(needle)).count();
-            if seen >= count {
-                return seen;
+            let logs = self.logs();
+            match check(&logs) {
+                Ok(found) => return found,
+                Err(why) => assert!(
+                    Instant::now() < deadline,
+                    "{why} within {within:?}:\n{}",
+                    logs.join("\n")
+                ),
             }
-            assert!(
-                Instant::now() < deadline,
-                "{seen} log lines containing {needle:?} within {within:?}, not {count}:\n{}",
-                self.logs().join("\n")
-            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -343,7 +343,7 @@ fn spawn_epoch_ticker(engine: &Engine, ticker: &Arc<Ticker>) {
     let spawned = std::thread::Builder::new()
         .name("weir-epoch".into())
         .spawn(move || {
-            // Set here too, so it is there before this thread first parks.
+            // Recorded before this thread first parks.
             if let Some(ticker) = switch.upgrade() {
                 let _ = ticker.thread.set(std::thread::current());
             }
@@ -378,12 +378,7 @@ fn spawn_epoch_ticker(engine: &Engine, ticker: &Arc<Ticker>) {
                 ticker.began.store(false, Ordering::Relaxed);
             }
         });
-    match spawned {
-        Ok(handle) => {
-            let _ = ticker.thread.set(handle.thread().clone());
-        }
-        Err(e) => {
-            warn!(error = %e, "cannot start the epoch ticker: policy deadlines will not fire");
-        }
+    if let Err(e) = spawned {
+        warn!(error = %e, "cannot start the epoch ticker: policy deadlines will not fire");
     }
 }
