@@ -9,8 +9,8 @@
 //! A term can only start where its first character is, so the text is not
 //! walked a character at a time: [`Starts`] finds the next byte that may
 //! begin a term (an ASCII first character in either case, or any non-ASCII
-//! byte) eight bytes at a time — one 64-bit load and, per first character,
-//! an XOR and a zero-byte test — when the terms have at most
+//! byte) sixteen bytes at a time — one SIMD load and, per first character,
+//! an OR and a compare ([`Bytes16`]) — when the terms have at most
 //! [`MAX_WIDE_FIRSTS`] distinct ASCII first characters, else with a table
 //! lookup a byte. Only there are the word boundary (the character before,
 //! one byte back in ASCII) and the terms checked, byte by byte while the
@@ -21,6 +21,8 @@
 //!
 //! For streaming it also answers where a term might still be forming at the
 //! end of a text (`"proj"` before `"ect falcon"`), so that tail can be held.
+
+use weir_policy::lanes::{Bytes16, Lanes};
 
 /// One piece of a term.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,13 +114,6 @@ fn word_before(text: &str, at: usize) -> bool {
     }
 }
 
-/// `0x01` in every byte of a `u64`.
-const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-/// `0x7F` in every byte.
-const LOW7: u64 = ONES * 0x7F;
-/// `0x80` in every byte.
-const HIGH: u64 = ONES * 0x80;
-
 /// Finds the bytes where a term may start: a byte whose folded character
 /// is an ASCII first character of a term, or any non-ASCII byte (checked
 /// in full where it is).
@@ -141,9 +136,8 @@ impl FirstAscii {
 #[derive(Debug, Clone, Default)]
 struct Starts {
     /// Per ASCII first character, `(or, want)`: a byte `b` matches where
-    /// `b | or == want` in each byte (`or` is `0x20` for a letter, so
-    /// both cases match).
-    wide: Vec<(u64, u64)>,
+    /// `b | or == want` (`or` is `0x20` for a letter, so both cases match).
+    wide: Vec<(u8, u8)>,
     /// The same as a table (wasm has no 128-bit shifts: a `u128` bitmap
     /// made building the matcher a few µs per instance), for
     /// [`Starts::next_by_table`] and [`Keywords::may_start`]. Not a table
@@ -159,16 +153,9 @@ struct Starts {
     every_byte: bool,
 }
 
-/// Bit 7 set in each byte of `p` that is an ASCII word character
-/// (`[0-9A-Za-z_]`); the other bits are meaningless.
-fn word_lanes(p: u64) -> u64 {
-    // With bit 7 of each byte of `y` clear, `y + (0x80 - lo)` sets bit 7
-    // where the byte is at least `lo` and never carries into the next.
-    let y = p & LOW7;
-    let at_least = |lo: u8| y + ONES * u64::from(0x80 - lo);
-    let within = |lo: u8, hi: u8| at_least(lo) & !at_least(hi + 1);
-    let underscore = !(((y ^ (ONES * u64::from(b'_'))) & LOW7) + LOW7);
-    (within(b'0', b'9') | within(b'A', b'Z') | within(b'a', b'z') | underscore) & !p
+/// The lanes of `p` that are ASCII word characters (`[0-9A-Za-z_]`).
+fn word_lanes(p: Bytes16) -> Lanes {
+    p.within(b'0', b'9') | p.within(b'A', b'Z') | p.within(b'a', b'z') | p.eq(b'_')
 }
 
 impl Starts {
@@ -177,7 +164,7 @@ impl Starts {
         if !self.first_ascii.contains(c) {
             self.first_ascii.0[usize::from(c)] = true;
             let or = if c.is_ascii_lowercase() { 0x20 } else { 0 };
-            self.wide.push((ONES * or, ONES * u64::from(c)));
+            self.wide.push((or, c));
         }
     }
 
@@ -198,29 +185,38 @@ impl Starts {
         }
     }
 
-    /// [`Starts::next`] with `N` first characters, 8 bytes at a time.
+    /// [`Starts::next`] with `N` first characters, 16 bytes at a time
+    /// (then 8, then one).
     fn next_wide<const N: usize>(&self, b: &[u8], mut at: usize) -> usize {
         let mut wide = [(0, 0); N];
         for (slot, first) in wide.iter_mut().zip(&self.wide) {
             *slot = *first;
         }
-        while let Some(Ok(bytes)) = b.get(at..at + 8).map(<[u8; 8]>::try_from) {
-            let x = u64::from_le_bytes(bytes);
-            let mut firsts = 0;
+        // The lanes of `x` (predecessors `before`) where a term may start;
+        // lanes of 0 (past a half window) never are.
+        let starts = |x: Bytes16, before: Option<Bytes16>| {
+            let mut firsts = Lanes::none();
             for (or, want) in wide {
-                // 0x80 in each zero byte of `y`, exactly (no borrows).
-                let y = (x | or) ^ want;
-                firsts |= !(((y & LOW7) + LOW7) | y) & HIGH;
+                firsts = firsts | x.or(or).eq(want);
             }
-            if self.word_starts_only && firsts != 0 {
-                // Each byte's predecessor, in its lane.
-                let before = at.checked_sub(1).map_or(0, |j| b[j]);
-                firsts &= !word_lanes((x << 8) | u64::from(before));
+            if self.word_starts_only
+                && firsts.any()
+                && let Some(before) = before
+            {
+                firsts = firsts & !word_lanes(before);
             }
             // A non-ASCII byte is checked in full where it is.
-            let found = (x & HIGH) | (firsts & HIGH);
-            if found != 0 {
-                return at + (found.trailing_zeros() / 8) as usize;
+            x.non_ascii() | firsts
+        };
+        while let Some(x) = Bytes16::at(b, at) {
+            if let Some(k) = starts(x, Bytes16::before(b, at)).first() {
+                return at + k;
+            }
+            at += 16;
+        }
+        if let Some(x) = Bytes16::half(b, at) {
+            if let Some(k) = starts(x, Bytes16::half_before(b, at)).first() {
+                return at + k;
             }
             at += 8;
         }

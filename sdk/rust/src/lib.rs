@@ -114,7 +114,8 @@
 //!   gateway frees its instance once the request is allowed and streams the
 //!   response past it (no call per streamed delta).
 //! - Compile nothing you can avoid (a regex set costs tens of microseconds
-//!   to build); scan with hand-written code where you can.
+//!   to build); scan with hand-written code where you can, sixteen bytes
+//!   at a time with [`lanes`] (WebAssembly SIMD) to find where to look.
 //! - Parse the config once per instance, not once per hook: keep it in a
 //!   `thread_local!` `OnceCell` (the example policies do).
 //! - Give the component room to allocate without `memory.grow`, which costs
@@ -163,6 +164,7 @@ pub mod bindings;
 mod guardrail;
 mod host;
 pub mod kv;
+pub mod lanes;
 mod pricing;
 mod router;
 #[cfg(not(target_arch = "wasm32"))]
