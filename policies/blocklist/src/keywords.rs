@@ -22,7 +22,7 @@
 //! For streaming it also answers where a term might still be forming at the
 //! end of a text (`"proj"` before `"ect falcon"`), so that tail can be held.
 
-use weir_policy::lanes::{Bytes16, Lanes};
+use weir_policy::lanes::{self, Bytes16, Lanes};
 
 /// One piece of a term.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,40 +187,28 @@ impl Starts {
 
     /// [`Starts::next`] with `N` first characters, 16 bytes at a time
     /// (then 8, then one).
-    fn next_wide<const N: usize>(&self, b: &[u8], mut at: usize) -> usize {
+    fn next_wide<const N: usize>(&self, b: &[u8], from: usize) -> usize {
         let mut wide = [(0, 0); N];
         for (slot, first) in wide.iter_mut().zip(&self.wide) {
             *slot = *first;
         }
-        // The lanes of `x` (predecessors `before`) where a term may start;
-        // lanes of 0 (past a half window) never are.
-        let starts = |x: Bytes16, before: Option<Bytes16>| {
+        // Where a term may start; lanes of 0 (past a half window) never do.
+        let starts = |w: &lanes::Window<'_>| {
+            let x = w.bytes();
             let mut firsts = Lanes::none();
             for (or, want) in wide {
                 firsts = firsts | x.or(or).eq(want);
             }
-            if self.word_starts_only
-                && firsts.any()
-                && let Some(before) = before
-            {
-                firsts = firsts & !word_lanes(before);
+            if self.word_starts_only && firsts.any() {
+                firsts = firsts & !word_lanes(w.before());
             }
             // A non-ASCII byte is checked in full where it is.
             x.non_ascii() | firsts
         };
-        while let Some(x) = Bytes16::at(b, at) {
-            if let Some(k) = starts(x, Bytes16::before(b, at)).first() {
-                return at + k;
-            }
-            at += 16;
+        match lanes::scan(b, from, starts) {
+            Ok(at) => at,
+            Err(rest) => self.next_by_table(b, rest),
         }
-        if let Some(x) = Bytes16::half(b, at) {
-            if let Some(k) = starts(x, Bytes16::half_before(b, at)).first() {
-                return at + k;
-            }
-            at += 8;
-        }
-        self.next_by_table(b, at)
     }
 
     /// [`Starts::next`] a byte at a time.

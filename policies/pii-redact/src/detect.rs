@@ -13,7 +13,7 @@
 
 use core::ops::Range;
 
-use weir_policy::lanes::Bytes16;
+use weir_policy::lanes::{self, Bytes16};
 
 /// A kind of sensitive data, named as in the config and in rejections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -301,7 +301,7 @@ fn scan_candidates<const EVERY_BYTE: bool>(text: &str, enabled: EntitySet) -> Ve
 /// words of English prose ("You", "say"). WebAssembly SIMD, sixteen bytes
 /// at a time, took [`candidates`] from 22.9k to 11.7k instructions per
 /// benchmark request (24.7k to 16.1k with the answer streamed).
-fn next_start(b: &[u8], mut i: usize) -> Option<usize> {
+fn next_start(b: &[u8], from: usize) -> Option<usize> {
     let digit = |v: Bytes16| v.within(b'0', b'9');
     let upper = |v: Bytes16| v.within(b'A', b'Z');
     let lower = |v: Bytes16| v.within(b'a', b'z');
@@ -317,27 +317,10 @@ fn next_start(b: &[u8], mut i: usize) -> Option<usize> {
             ((x.eq(b'+') | x.eq(b'(')) & digit(n)) | x.eq(b'@') | (x.eq(b'-') & n.eq(b'-'));
         other_start | (alnum_start & !after_alnum)
     };
-    while let (Some(x), Some(p), Some(n)) = (
-        Bytes16::at(b, i),
-        Bytes16::before(b, i),
-        Bytes16::after(b, i),
-    ) {
-        if let Some(k) = starts(x, p, n).first() {
-            return Some(i + k);
-        }
-        i += 16;
+    match lanes::scan(b, from, |w| starts(w.bytes(), w.before(), w.after())) {
+        Ok(at) => Some(at),
+        Err(rest) => (rest..b.len()).find(|&at| may_start(b, at)),
     }
-    if let (Some(x), Some(p), Some(n)) = (
-        Bytes16::half(b, i),
-        Bytes16::half_before(b, i),
-        Bytes16::half_after(b, i),
-    ) {
-        if let Some(k) = starts(x, p, n).first() {
-            return Some(i + k);
-        }
-        i += 8;
-    }
-    (i..b.len()).find(|&at| may_start(b, at))
 }
 
 /// [`next_start`]'s test for one byte.

@@ -3,35 +3,35 @@
 //! A guardrail's own time goes mostly into finding the few places in a
 //! prompt where something it looks for may start. Testing byte after byte
 //! costs a bounds-checked load and a few branches per byte in WebAssembly;
-//! [`Bytes16`] compares sixteen bytes in one WebAssembly SIMD instruction
-//! and [`Lanes::first`] says where the first hit is:
+//! [`Bytes16`] compares sixteen bytes in one WebAssembly SIMD instruction,
+//! and [`scan`] walks a text in such windows and says where the first hit
+//! is:
 //!
 //! ```
-//! use weir_policy::lanes::Bytes16;
+//! use weir_policy::lanes::{self, Bytes16};
 //!
 //! /// The first ASCII digit at or after `from` that starts a number.
-//! fn next_number(b: &[u8], mut from: usize) -> Option<usize> {
+//! fn next_number(b: &[u8], from: usize) -> Option<usize> {
 //!     let digit = |v: Bytes16| v.within(b'0', b'9');
-//!     while let (Some(x), Some(before)) = (Bytes16::at(b, from), Bytes16::before(b, from)) {
-//!         if let Some(k) = (digit(x) & !digit(before)).first() {
-//!             return Some(from + k);
-//!         }
-//!         from += 16;
+//!     match lanes::scan(b, from, |w| digit(w.bytes()) & !digit(w.before())) {
+//!         Ok(at) => Some(at),
+//!         // Fewer than eight bytes left: one at a time.
+//!         Err(rest) => (rest..b.len())
+//!             .find(|&i| b[i].is_ascii_digit() && (i == 0 || !b[i - 1].is_ascii_digit())),
 //!     }
-//!     // Fewer than sixteen bytes left: one at a time.
-//!     (from..b.len()).find(|&i| b[i].is_ascii_digit() && (i == 0 || !b[i - 1].is_ascii_digit()))
 //! }
 //!
 //! assert_eq!(next_number(b"call 0800 555 0199 today, ask for Ann", 0), Some(5));
 //! assert_eq!(next_number(b"call 0800 555 0199 today, ask for Ann", 6), Some(10));
 //! assert_eq!(next_number(b"call 0800 555 0199 today, ask for Ann", 11), Some(14));
 //! assert_eq!(next_number(b"call 0800 555 0199 today, ask for Ann", 18), None);
+//! assert_eq!(next_number(b"call 0800", 0), Some(5));
 //! ```
 //!
-//! Windows are whole: of the last bytes of a text, fewer than sixteen,
-//! eight fit a [`Bytes16::half`] window and the rest are tested one at a
-//! time (copying them into a padded window costs more than that for the
-//! short texts of streamed deltas).
+//! Windows are whole: [`scan`] takes sixteen bytes at a time, then eight
+//! (a [`Bytes16::half`] window) if that many are left, and leaves the last
+//! few to the caller (copying them into a padded window costs more than
+//! testing them one at a time, for the short texts of streamed deltas).
 //!
 //! Built for `wasm32` with the `simd128` target feature
 //! (`-C target-feature=+simd128`; this repository's `.cargo/config.toml`
@@ -157,6 +157,88 @@ impl Bytes16 {
     pub fn non_ascii(self) -> Lanes {
         Lanes(imp::non_ascii(self.0))
     }
+}
+
+/// One window of a [`scan`]: sixteen bytes of the text (or eight, in
+/// lanes 0–7, at its end), with their predecessors and successors lane
+/// for lane, read when asked for.
+#[derive(Clone, Copy, Debug)]
+pub struct Window<'a> {
+    b: &'a [u8],
+    at: usize,
+    half: bool,
+}
+
+impl Window<'_> {
+    /// Where the window starts in the text.
+    pub fn start(&self) -> usize {
+        self.at
+    }
+
+    /// The window's bytes ([`Bytes16::at`], or [`Bytes16::half`]).
+    #[inline]
+    pub fn bytes(&self) -> Bytes16 {
+        self.read(Bytes16::at, Bytes16::half)
+    }
+
+    /// Each byte's predecessor ([`Bytes16::before`]).
+    #[inline]
+    pub fn before(&self) -> Bytes16 {
+        self.read(Bytes16::before, Bytes16::half_before)
+    }
+
+    /// Each byte's successor ([`Bytes16::after`]).
+    #[inline]
+    pub fn after(&self) -> Bytes16 {
+        self.read(Bytes16::after, Bytes16::half_after)
+    }
+
+    #[inline(always)]
+    fn read(
+        &self,
+        full: fn(&[u8], usize) -> Option<Bytes16>,
+        half: fn(&[u8], usize) -> Option<Bytes16>,
+    ) -> Bytes16 {
+        let read = if self.half { half } else { full };
+        // `scan` makes only windows these reads succeed on.
+        read(self.b, self.at).unwrap_or(Bytes16(imp::from_u64(0)))
+    }
+}
+
+/// The first position at or after `from` whose lane `test` sets, trying
+/// sixteen bytes at a time while they last and then eight; `Err(rest)`
+/// when no lane was set: the bytes from `rest` on, fewer than eight, are
+/// the caller's to test one at a time. Lanes past the end of a half window
+/// are 0: `test` must not set a lane for a 0 byte there.
+#[inline]
+pub fn scan(
+    b: &[u8],
+    mut from: usize,
+    mut test: impl FnMut(&Window<'_>) -> Lanes,
+) -> Result<usize, usize> {
+    while from.checked_add(16).is_some_and(|end| end <= b.len()) {
+        let window = Window {
+            b,
+            at: from,
+            half: false,
+        };
+        if let Some(k) = test(&window).first() {
+            return Ok(from + k);
+        }
+        from += 16;
+    }
+    if from.checked_add(8).is_some_and(|end| end <= b.len()) {
+        let window = Window {
+            b,
+            at: from,
+            half: true,
+        };
+        if let Some(k) = test(&window).first() {
+            return Ok(from + k);
+        }
+        from += 8;
+    }
+    Err(from)
 }
 
 /// `b[at..at + 8]` as a little-endian `u64`.
@@ -415,6 +497,32 @@ mod tests {
         assert_eq!(lanes(Bytes16::half_after(longer, 1).unwrap().eq(b'y')), [7]);
         assert!(Bytes16::half_before(longer, 3).is_none());
         assert!(Bytes16::half_after(longer, 3).is_none());
+    }
+
+    #[test]
+    fn scans_whole_then_half_windows_and_leaves_the_rest() {
+        let text = b"x........y...............z.....y..";
+        let find = |from, c| scan(text, from, |w| w.bytes().eq(c));
+        assert_eq!(find(0, b'y'), Ok(9));
+        assert_eq!(find(10, b'y'), Ok(31));
+        // `z` is in the half window after sixteen bytes from 2.
+        assert_eq!(find(2, b'z'), Ok(25));
+        // From 26, eight bytes remain: one half window, then 0 left.
+        assert_eq!(find(26, b'x'), Err(34));
+        // From 28, six remain: nothing scanned.
+        assert_eq!(find(28, b'y'), Err(28));
+        assert_eq!(find(usize::MAX, b'y'), Err(usize::MAX));
+        // Neighbours, in a whole and a half window.
+        let after_y = |from| scan(text, from, |w| w.before().eq(b'y') & w.bytes().eq(b'.'));
+        assert_eq!(after_y(0), Ok(10));
+        assert_eq!(after_y(18), Ok(32));
+        assert_eq!(after_y(26), Ok(32));
+        let windows = core::cell::RefCell::new(Vec::new());
+        let _ = scan(text, 3, |w| {
+            windows.borrow_mut().push(w.start());
+            w.after().eq(b'z')
+        });
+        assert_eq!(windows.into_inner(), [3, 19]);
     }
 
     #[test]
