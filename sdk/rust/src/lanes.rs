@@ -262,6 +262,12 @@ impl Lanes {
         (bits != 0).then(|| bits.trailing_zeros() as usize)
     }
 
+    /// One bit a lane: bit `i` is lane `i` (to build bitmaps of a text).
+    #[inline]
+    pub fn bits(self) -> u16 {
+        imp::bitmask(self.0)
+    }
+
     /// Is any lane set?
     #[inline]
     pub fn any(self) -> bool {
@@ -553,6 +559,7 @@ mod tests {
         assert_eq!(lanes(digit_or_z), [1, 2, 3, 8]);
         assert_eq!(lanes(digit_or_z & !x.eq(b'z')), [2, 3]);
         assert_eq!(digit_or_z.first(), Some(1));
+        assert_eq!(digit_or_z.bits(), 0b1_0000_1110);
         assert!(digit_or_z.any());
         assert_eq!(x.eq(b'#').first(), None);
         assert!(!Lanes::none().any());
