@@ -258,7 +258,7 @@ impl Lanes {
     /// The first lane that is set (0 to 15).
     #[inline]
     pub fn first(self) -> Option<usize> {
-        let bits = imp::bitmask(self.0);
+        let bits = self.bits();
         (bits != 0).then(|| bits.trailing_zeros() as usize)
     }
 
