@@ -299,8 +299,8 @@ fn scan_candidates<const EVERY_BYTE: bool>(text: &str, enabled: EntitySet) -> Ve
 /// benchmark request (a 900-byte prompt and a 160-byte answer) from 57.8k
 /// to 50.5k, and reading the next byte too skips the capitals and `s`
 /// words of English prose ("You", "say"). WebAssembly SIMD, sixteen bytes
-/// at a time, took [`candidates`] from 22.9k to 11.7k instructions per
-/// benchmark request (24.7k to 16.1k with the answer streamed).
+/// at a time, took [`candidates`] from 22.9k to 11.6k instructions per
+/// benchmark request (24.7k to 15.5k with the answer streamed).
 fn next_start(b: &[u8], from: usize) -> Option<usize> {
     let digit = |v: Bytes16| v.within(b'0', b'9');
     let upper = |v: Bytes16| v.within(b'A', b'Z');
