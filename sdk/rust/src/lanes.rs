@@ -216,25 +216,17 @@ pub fn scan(
     mut from: usize,
     mut test: impl FnMut(&Window<'_>) -> Lanes,
 ) -> Result<usize, usize> {
-    while from.checked_add(16).is_some_and(|end| end <= b.len()) {
-        let window = Window {
-            b,
-            at: from,
-            half: false,
-        };
-        if let Some(k) = test(&window).first() {
-            return Ok(from + k);
+    let mut hit = |at, half| test(&Window { b, at, half }).first().map(|k| at + k);
+    let fits = |from: usize, n| from.checked_add(n).is_some_and(|end| end <= b.len());
+    while fits(from, 16) {
+        if let Some(found) = hit(from, false) {
+            return Ok(found);
         }
         from += 16;
     }
-    if from.checked_add(8).is_some_and(|end| end <= b.len()) {
-        let window = Window {
-            b,
-            at: from,
-            half: true,
-        };
-        if let Some(k) = test(&window).first() {
-            return Ok(from + k);
+    if fits(from, 8) {
+        if let Some(found) = hit(from, true) {
+            return Ok(found);
         }
         from += 8;
     }
