@@ -848,8 +848,8 @@ mod tests {
     use super::*;
 
     proptest::proptest! {
-        /// Skipping to the bytes that can start an entity finds exactly
-        /// what trying every byte finds.
+        /// The sixteen-bytes-at-a-time search stops exactly where testing
+        /// one byte at a time would.
         #[test]
         fn next_start_stops_where_a_byte_may_start(
             parts in proptest::collection::vec(
@@ -869,6 +869,9 @@ mod tests {
             );
         }
 
+        /// Skipping to the bytes that can start an entity finds exactly
+        /// what trying every byte finds.
+        #[test]
         fn candidates_equal_trying_every_byte(
             parts in proptest::collection::vec(
                 proptest::sample::select(vec![

@@ -22,10 +22,10 @@
 //! word. So:
 //!
 //! - [`ByteMaps`] classifies the text sixteen bytes at a time with
-//!   WebAssembly SIMD ([`Bytes16`]) into bitmaps, one bit a byte: where *regions* (runs of
-//!   non-separators) start and end, and which bytes are *special* (an
-//!   apostrophe or non-ASCII). Every separator ends a word and resets the
-//!   per-word state, so each region can be normalised on its own.
+//!   WebAssembly SIMD ([`Bytes16`]) into bitmaps, one bit a byte: where
+//!   *regions* (runs of non-separators) start and end, and which bytes are
+//!   *special* (an apostrophe or non-ASCII). Every separator ends a word and
+//!   resets the per-word state, so each region can be normalised on its own.
 //! - [`Regions`] walks those bitmaps with `trailing_zeros`. A region of
 //!   ASCII letters and digits — nearly all of them — is a word as it
 //!   stands: it is not copied, only hashed from one 8-byte load and looked

@@ -449,9 +449,7 @@ mod tests {
     const NONE: [usize; 0] = [];
 
     fn lanes(l: Lanes) -> Vec<usize> {
-        (0..16)
-            .filter(|i| imp::bitmask(l.0) & (1 << i) != 0)
-            .collect()
+        (0..16).filter(|i| l.bits() & (1 << i) != 0).collect()
     }
 
     #[test]
