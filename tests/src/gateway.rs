@@ -333,21 +333,23 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// CPU time (user + system) a process has used, from `/proc` (clock ticks
-/// at 100 Hz on Linux).
-pub fn cpu_time(pid: u32) -> Duration {
+/// CPU time a process has used in user space and in the kernel, from
+/// `/proc` (clock ticks at 100 Hz on Linux).
+pub fn cpu_times(pid: u32) -> (Duration, Duration) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may contain spaces) in parentheses.
     let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
     let fields: Vec<&str> = after.split_whitespace().collect();
     let ticks = |i: usize| {
-        fields
+        let ticks = fields
             .get(i)
             .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
+            .unwrap_or(0);
+        Duration::from_millis(ticks * 10)
     };
-    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 here.
-    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+    // utime and stime are fields 14 and 15 of the line; the first field
+    // after the parenthesis (state) is field 3.
+    (ticks(14 - 3), ticks(15 - 3))
 }
 
 /// Run `weir` with arguments; returns (exit code, stdout, stderr).

@@ -11,7 +11,8 @@
 //!   time the target's processes used per request read from `/proc`,
 //!
 //! then prints a markdown table, each proxy's added latency measured against
-//! the `direct` target. Requests carry a 1 KB prompt: a system message that
+//! the `direct` target, and a second one splitting each proxy's CPU time
+//! into user and system time. Requests carry a 1 KB prompt: a system message that
 //! is the same on every request (~600 bytes, as a deployment's system
 //! prompt is) and a user message that is new on every one (~300 bytes),
 //! so caches of repeated text see what they would see in production.
@@ -26,7 +27,7 @@ use http::Request;
 use http_body_util::{BodyExt, Full};
 use serde_json::json;
 use weir_testkit::client::{HttpClient, client};
-use weir_testkit::gateway::{cpu_time, rss_kib};
+use weir_testkit::gateway::{cpu_times, rss_kib};
 
 struct Target {
     name: String,
@@ -140,14 +141,24 @@ async fn sequential(target: &Target, stream: bool, n: usize) -> Sequential {
 
 struct Concurrent {
     rps: f64,
-    cpu_us_per_req: Option<f64>,
+    /// The target's CPU time per request, user and system, in µs.
+    cpu_us_per_req: Option<(f64, f64)>,
+}
+
+/// The CPU time `pids` used so far, user and system.
+fn cpu_of(pids: &[u32]) -> (Duration, Duration) {
+    pids.iter()
+        .map(|p| cpu_times(*p))
+        .fold((Duration::ZERO, Duration::ZERO), |(u, s), (pu, ps)| {
+            (u + pu, s + ps)
+        })
 }
 
 async fn concurrent(target: &Target, stream: bool, n: usize, concurrency: usize) -> Concurrent {
     let client = client();
     let bodies = bodies(stream);
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let cpu_before: Duration = target.pids.iter().map(|p| cpu_time(*p)).sum();
+    let cpu_before = cpu_of(&target.pids);
     let start = Instant::now();
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
@@ -171,11 +182,17 @@ async fn concurrent(target: &Target, stream: bool, n: usize, concurrency: usize)
         w.await.unwrap();
     }
     let elapsed = start.elapsed();
-    let cpu_after: Duration = target.pids.iter().map(|p| cpu_time(*p)).sum();
+    let cpu_after = cpu_of(&target.pids);
+    let per_req =
+        |after: Duration, before: Duration| (after - before).as_secs_f64() * 1e6 / n.max(1) as f64;
     Concurrent {
         rps: n as f64 / elapsed.as_secs_f64(),
-        cpu_us_per_req: (!target.pids.is_empty())
-            .then(|| (cpu_after - cpu_before).as_secs_f64() * 1e6 / n.max(1) as f64),
+        cpu_us_per_req: (!target.pids.is_empty()).then(|| {
+            (
+                per_req(cpu_after.0, cpu_before.0),
+                per_req(cpu_after.1, cpu_before.1),
+            )
+        }),
     }
 }
 
@@ -243,7 +260,7 @@ async fn main() {
             Some((p, f)) => (added(plain.total_p50, p), added(streamed.ttfb_p50, f)),
             None => ("-".into(), "-".into()),
         };
-        let cpu = |c: Option<f64>| c.map_or("-".into(), |c| format!("{c:.1}"));
+        let cpu = |c: Option<(f64, f64)>| c.map_or("-".into(), |(u, s)| format!("{:.1}", u + s));
         println!(
             "| {name} | {} | {} | {added_p50} | {} | {} | {added_ttfb} | {:.0} | {:.0} | {} | {} | {} |",
             ms(plain.total_p50),
@@ -260,5 +277,22 @@ async fn main() {
                 "-".into()
             },
         );
+    }
+    // Where each proxy's CPU goes: its own code (user) or the kernel's
+    // (system: syscalls, the loopback path, waking the peer, page resets).
+    println!();
+    println!("| target | user µs/req | system µs/req | user µs/stream | system µs/stream |");
+    println!("|---|---|---|---|---|");
+    for (name, _, _, pl, sl, _) in &rows {
+        let split = |c: Option<(f64, f64)>| {
+            c.map_or(["-".into(), "-".into()], |(u, s)| {
+                [format!("{u:.1}"), format!("{s:.1}")]
+            })
+        };
+        if pl.cpu_us_per_req.is_none() && sl.cpu_us_per_req.is_none() {
+            continue;
+        }
+        let ([pu, ps], [su, ss]) = (split(pl.cpu_us_per_req), split(sl.cpu_us_per_req));
+        println!("| {name} | {pu} | {ps} | {su} | {ss} |");
     }
 }
