@@ -2,7 +2,9 @@
 # Load benchmark: the same local mock upstream reached directly, through
 # nginx (a plain reverse proxy, the native-proxy reference), through weir,
 # and through weir with the three example guardrails on every request and
-# chunk, in one run. Prints a markdown table (see bench/README.md).
+# chunk, in one run. Prints two markdown tables: latency, throughput, CPU
+# and RSS; then each proxy's CPU split into user and system time (see
+# bench/README.md).
 #
 #   bench/run.sh
 #
