@@ -12,10 +12,11 @@
 //!
 //! then prints a markdown table, each proxy's added latency measured against
 //! the `direct` target, and a second one splitting each proxy's CPU time
-//! into user and system time. Requests carry a 1 KB prompt: a system message that
-//! is the same on every request (~600 bytes, as a deployment's system
-//! prompt is) and a user message that is new on every one (~300 bytes),
-//! so caches of repeated text see what they would see in production.
+//! into user and system time. Requests carry a 1 KB prompt: a system
+//! message that is the same on every request (~600 bytes, as a
+//! deployment's system prompt is) and a user message that is new on every
+//! one (~300 bytes), so caches of repeated text see what they would see in
+//! production.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -283,12 +284,12 @@ async fn main() {
     println!();
     println!("| target | user µs/req | system µs/req | user µs/stream | system µs/stream |");
     println!("|---|---|---|---|---|");
+    let split = |c: Option<(f64, f64)>| {
+        c.map_or(["-".into(), "-".into()], |(u, s)| {
+            [format!("{u:.1}"), format!("{s:.1}")]
+        })
+    };
     for (name, _, _, pl, sl, _) in &rows {
-        let split = |c: Option<(f64, f64)>| {
-            c.map_or(["-".into(), "-".into()], |(u, s)| {
-                [format!("{u:.1}"), format!("{s:.1}")]
-            })
-        };
         if pl.cpu_us_per_req.is_none() && sl.cpu_us_per_req.is_none() {
             continue;
         }
