@@ -14,7 +14,7 @@ use weir::chat::ChatRequest;
 use weir::tokens::{self, Tokenizer};
 
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: weir::alloc::Allocator = weir::alloc::Allocator;
 
 const PROSE: &str = "The river had been rising for three days before anyone in the village thought to move the boats. By the time the ferryman walked down to the landing on Thursday morning, the water was lapping at the second step of the stone stairs, and the willows on the far bank stood knee-deep in a brown, unhurried current. He had seen floods before, of course; every spring the snowmelt from the hills pushed the river over its banks for a week or two, and the farmers along the lower meadows had learned to keep their hay in the lofts until May. But this was September, and the sky had been clear for most of the summer. Nobody could say exactly where the water was coming from. The schoolteacher, who read the newspapers from the city, suggested that a dam upstream might have been opened to relieve a reservoir after the storms in the mountains. The priest thought it was a judgment, though he was careful not to say on whom. The children were delighted: the lower road was closed.";
 const CHINESE: &str = "河水已经连续上涨了三天，村里才有人想起要把船挪走。星期四早上，摆渡人走到码头时，水已经漫到了石阶的第二级，对岸的柳树泡在齐膝深的棕色河水里，水流缓慢而沉稳。他当然见过洪水；每年春天，山上的融雪都会让河水漫过堤岸一两个星期，下游草地上的农民早就学会了把干草存放在阁楼里，一直放到五月。可现在是九月，整个夏天天空几乎都是晴朗的。没有人说得清这些水究竟是从哪里来的。经常读城里报纸的女教师猜测，可能是上游的水库在山里的暴雨之后开闸放水了。神父认为这是一种审判，不过他很小心，没有说是针对谁的。至于孩子们，他们高兴极了：下面的公路封闭了，公共汽车开不到学校，磨坊后面的果园变成了一片浅浅的湖，上面漂满了苹果。河水已经连续上涨了三天。";

@@ -10,6 +10,7 @@
 #![deny(unsafe_code)]
 
 pub mod admin;
+pub mod alloc;
 pub mod auth;
 pub mod chat;
 pub mod cli;
