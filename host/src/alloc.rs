@@ -31,6 +31,31 @@ fn plain(align: usize, size: usize) -> bool {
     align <= 16 && align <= size
 }
 
+/// A block for `layout`: from `plain_call` where a plain block is aligned
+/// enough, else from `aligned_call` (mimalloc's allocation and zeroed
+/// allocation come in such pairs).
+///
+/// # Safety
+///
+/// The two calls are one of mimalloc's allocation pairs.
+#[inline(always)]
+unsafe fn block(
+    layout: Layout,
+    plain_call: unsafe extern "C" fn(usize) -> *mut c_void,
+    aligned_call: unsafe extern "C" fn(usize, usize) -> *mut c_void,
+) -> *mut u8 {
+    let (size, align) = (layout.size(), layout.align());
+    // SAFETY: mimalloc's allocation calls (the caller's promise), given a
+    // size and (for the aligned one) a `Layout`'s power-of-two alignment.
+    unsafe {
+        if plain(align, size) {
+            plain_call(size).cast()
+        } else {
+            aligned_call(size, align).cast()
+        }
+    }
+}
+
 // SAFETY: every block comes from mimalloc and goes back to `mi_free` or
 // mimalloc's reallocation; plain blocks are used only where their
 // guaranteed alignment covers the layout's (see `plain`), and every other
@@ -38,28 +63,14 @@ fn plain(align: usize, size: usize) -> bool {
 unsafe impl GlobalAlloc for Allocator {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let (size, align) = (layout.size(), layout.align());
-        // SAFETY: FFI calls with a size and a power-of-two alignment.
-        unsafe {
-            if plain(align, size) {
-                mi::mi_malloc(size).cast()
-            } else {
-                mi::mi_malloc_aligned(size, align).cast()
-            }
-        }
+        // SAFETY: mimalloc's allocation pair.
+        unsafe { block(layout, mi::mi_malloc, mi::mi_malloc_aligned) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let (size, align) = (layout.size(), layout.align());
-        // SAFETY: as in `alloc`.
-        unsafe {
-            if plain(align, size) {
-                mi::mi_zalloc(size).cast()
-            } else {
-                mi::mi_zalloc_aligned(size, align).cast()
-            }
-        }
+        // SAFETY: mimalloc's zeroed allocation pair.
+        unsafe { block(layout, mi::mi_zalloc, mi::mi_zalloc_aligned) }
     }
 
     #[inline]
