@@ -56,8 +56,10 @@ sed "s#@ROOT@#$root#g" bench/weir.toml > "$work/weir.toml"
 # which is not the path a fresh instance takes in production.
 sed -e "s#@ROOT@#$root#g" -e 's#^\[server\]$#[server]\npolicy_instances = 16#' \
     bench/weir-policies.toml > "$work/weir-policies.toml"
-sed -e 's#^global = true$#global = true\nreuse_instances = 100000#' \
-    "$work/weir-policies.toml" > "$work/weir-policies-reused.toml"
+# The guardrails declare themselves stateless, so the config above reuses
+# their instances; this one makes them fresh per request.
+sed -e 's#^global = true$#global = true\nreuse_instances = 0#' \
+    "$work/weir-policies.toml" > "$work/weir-policies-fresh.toml"
 
 # One row: label, config, key, plain|stream.
 count() {
@@ -91,5 +93,5 @@ count "weir (key with limits)" "$work/weir.toml" sk-bench-key-0001 plain
 count "weir (key with limits)" "$work/weir.toml" sk-bench-key-0001 stream
 count "weir+3 guardrails" "$work/weir-policies.toml" sk-bench-key-0001 plain
 count "weir+3 guardrails" "$work/weir-policies.toml" sk-bench-key-0001 stream
-count "weir+3 guardrails, reused instances" "$work/weir-policies-reused.toml" sk-bench-key-0001 plain
-count "weir+3 guardrails, reused instances" "$work/weir-policies-reused.toml" sk-bench-key-0001 stream
+count "weir+3 guardrails, fresh instances" "$work/weir-policies-fresh.toml" sk-bench-key-0001 plain
+count "weir+3 guardrails, fresh instances" "$work/weir-policies-fresh.toml" sk-bench-key-0001 stream

@@ -41,13 +41,14 @@ sed "s#@ROOT@#$root#g" bench/weir-policies.toml > "$work/weir-policies.toml"
 RUST_LOG=warn $pin_proxy ./target/dist/weir serve --config "$work/weir-policies.toml" 2>"$work/weir-policies.log" &
 guarded_pid=$!
 pids+=($guarded_pid)
-# The same guardrails with `reuse_instances` (docs/policies.md): a warm
-# instance per request instead of a fresh one.
-sed -e 's#18004#18006#; s#18005#18007#' -e 's#^global = true$#global = true\nreuse_instances = 100000#' \
-    "$work/weir-policies.toml" > "$work/weir-policies-reused.toml"
-RUST_LOG=warn $pin_proxy ./target/dist/weir serve --config "$work/weir-policies-reused.toml" 2>"$work/weir-policies-reused.log" &
-reused_pid=$!
-pids+=($reused_pid)
+# The three guardrails declare themselves stateless, so weir reuses their
+# instances (docs/policies.md, "Instance reuse"); the same guardrails with
+# `reuse_instances = 0`: a fresh instance per request.
+sed -e 's#18004#18006#; s#18005#18007#' -e 's#^global = true$#global = true\nreuse_instances = 0#' \
+    "$work/weir-policies.toml" > "$work/weir-policies-fresh.toml"
+RUST_LOG=warn $pin_proxy ./target/dist/weir serve --config "$work/weir-policies-fresh.toml" 2>"$work/weir-policies-fresh.log" &
+fresh_pid=$!
+pids+=($fresh_pid)
 
 mkdir -p "$work/nginx/logs"
 cat > "$work/nginx/nginx.conf" <<NGINX
@@ -89,4 +90,4 @@ $pin_load ./target/release/weir-load \
     "weir=http://127.0.0.1:18001/v1@$weir_pid" \
     "weir, key without limits=http://127.0.0.1:18001/v1@$weir_pid#sk-bench-key-open" \
     "weir+3 guardrails=http://127.0.0.1:18004/v1@$guarded_pid" \
-    "weir+3 guardrails, reused instances=http://127.0.0.1:18006/v1@$reused_pid"
+    "weir+3 guardrails, fresh instances=http://127.0.0.1:18006/v1@$fresh_pid"

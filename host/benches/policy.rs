@@ -89,7 +89,7 @@ fn policy_config(name: &str, config: &str, reuse: u32) -> PolicyConfig {
         timeout_ms: 100,
         memory_mb: 32,
         max_hold_bytes: 1 << 20,
-        reuse_instances: reuse,
+        reuse_instances: Some(reuse),
     }
 }
 

@@ -452,11 +452,12 @@ pub struct PolicyConfig {
     /// Guardrails: the most response text one may hold per choice.
     #[serde(default = "default_max_hold_bytes")]
     pub max_hold_bytes: usize,
-    /// Opt-in: serve up to this many requests with one instance (0 = a
-    /// fresh instance per request). Only for policies that keep no request
-    /// data between calls; see docs/policies.md.
+    /// Serve up to this many requests of one virtual key with one instance
+    /// (0 = a fresh instance per request). Unset: 1000 for a guardrail that
+    /// declares itself stateless, else 0. Only for policies that keep no
+    /// request data between calls; see docs/policies.md.
     #[serde(default)]
-    pub reuse_instances: u32,
+    pub reuse_instances: Option<u32>,
 }
 
 fn default_max_hold_bytes() -> usize {
@@ -861,7 +862,7 @@ impl Config {
             if p.timeout_ms == 0 {
                 err(at("timeout_ms"), "must be greater than 0".into());
             }
-            if p.reuse_instances > 0 && p.kind != PolicyKind::Guardrail {
+            if p.reuse_instances.is_some_and(|n| n > 0) && p.kind != PolicyKind::Guardrail {
                 err(
                     at("reuse_instances"),
                     "only guardrail instances can be reused".into(),

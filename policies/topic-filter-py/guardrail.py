@@ -146,6 +146,12 @@ class GuardrailHooks(exports.GuardrailHooks):
             return Hooks(0)
         return Hooks.REQUESTS | Hooks.RESPONSES if r.responses else Hooks.REQUESTS
 
+    def stateless(self) -> bool:
+        """Nothing of a request outlives its response (the module keeps
+        only the parsed config), so one instance may serve many requests:
+        weir then skips the interpreter's start-up, ~2 ms per request."""
+        return True
+
 
 class Guardrail(exports.Guardrail):
     def on_request(self, info_: RequestInfo, req: ChatRequest) -> wit.RequestVerdict:

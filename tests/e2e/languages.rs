@@ -126,7 +126,7 @@ async fn python_topic_filter_denies_by_topic_and_blocks_streams_before_the_cross
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_python_guardrail_declares_its_hooks_from_its_config() {
+async fn the_python_guardrail_declares_its_hooks_from_its_config_and_itself_stateless() {
     let up = MockUpstream::start().await;
     // Without `responses = true` topic-filter-py only judges requests, and
     // says so: streams no longer pass through the interpreter per delta.
@@ -146,15 +146,19 @@ async fn the_python_guardrail_declares_its_hooks_from_its_config() {
     );
     let gw = start(&config(&up, &extra));
     let listing = get(&gw.admin_url("/admin/policies"), None).await.json();
-    let hooks: Vec<Value> = listing
+    let declared: Vec<Value> = listing
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| p["hooks"].clone())
+        .map(|p| json!([p["hooks"], p["stateless"], p["reuse_instances"]]))
         .collect();
+    // It declares itself stateless too, so its instances are reused.
     assert_eq!(
-        hooks,
-        [json!(["requests"]), json!(["requests", "responses"])]
+        declared,
+        [
+            json!([["requests"], true, 1000]),
+            json!([["requests", "responses"], true, 1000])
+        ]
     );
 
     up.push(Reply::Chat(Chat::text(&["Buy", " shares", " now"])));

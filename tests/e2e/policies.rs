@@ -509,31 +509,10 @@ async fn memory_stays_bounded_over_a_thousand_failing_requests() {
 async fn instances_are_fresh_per_request_unless_reuse_is_opted_into() {
     let up = MockUpstream::start().await;
     let hostile = guest("hostile");
-    async fn counts(gw: &Gateway, up: &MockUpstream) -> Vec<String> {
-        let url = gw.url("/v1/chat/completions");
-        let before = up.received().len();
-        for _ in 0..4 {
-            assert_eq!(
-                post_json(&url, &chat_body("HOSTILE:count"), None)
-                    .await
-                    .status,
-                200
-            );
-        }
-        up.received()[before..]
-            .iter()
-            .map(|r| {
-                r.body["messages"][0]["content"]
-                    .as_str()
-                    .unwrap()
-                    .to_string()
-            })
-            .collect()
-    }
     // The smoke call at load is an instance of its own, never reused.
     let fresh = start(&config(&up, &entry("hostile", &hostile, true, "{}", "")));
     assert_eq!(
-        counts(&fresh, &up).await,
+        hostile_counts(&fresh, &up, None).await,
         ["count=1"; 4],
         "no state crosses requests"
     );
@@ -541,7 +520,7 @@ async fn instances_are_fresh_per_request_unless_reuse_is_opted_into() {
     // (off the latency path); each serves one request, never called before.
     ready(&fresh, "hostile", 4).await;
     assert_eq!(
-        counts(&fresh, &up).await,
+        hostile_counts(&fresh, &up, None).await,
         ["count=1"; 4],
         "a stocked instance is as fresh as one made for the request"
     );
@@ -551,7 +530,7 @@ async fn instances_are_fresh_per_request_unless_reuse_is_opted_into() {
         &entry("hostile", &hostile, true, "{}", "reuse_instances = 3"),
     ));
     assert_eq!(
-        counts(&reused, &up).await,
+        hostile_counts(&reused, &up, None).await,
         ["count=1", "count=2", "count=3", "count=1"],
         "one instance serves at most 3 requests"
     );
@@ -587,6 +566,155 @@ async fn instances_are_fresh_per_request_unless_reuse_is_opted_into() {
             "sk-team-a count=2",
             "sk-team-b count=2",
             "sk-team-a count=3",
+        ]
+    );
+}
+
+/// `HOSTILE:count` through `gw` four times with `key`: what each request's
+/// instance had counted (see `instances_are_fresh_per_request_…`).
+async fn hostile_counts(gw: &Gateway, up: &MockUpstream, key: Option<&str>) -> Vec<String> {
+    let url = gw.url("/v1/chat/completions");
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let r = post_json(&url, &chat_body("HOSTILE:count"), key).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let content = up.last().body["messages"][0]["content"].clone();
+        seen.push(content.as_str().unwrap().to_string());
+    }
+    seen
+}
+
+/// `stateless` and `reuse_instances` of each policy in `/admin/policies`.
+async fn reuse_listing(gw: &Gateway) -> Vec<(String, Value, Value)> {
+    let listing = get(&gw.admin_url("/admin/policies"), None).await.json();
+    listing
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_string(),
+                p["stateless"].clone(),
+                p["reuse_instances"].clone(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guardrails_that_declare_themselves_stateless_reuse_instances_unless_the_operator_says_no()
+{
+    let up = MockUpstream::start().await;
+    let hostile = guest("hostile");
+    let declared = "{ declare_stateless = true }";
+
+    // Declared stateless, nothing in the config: one instance serves the
+    // requests, up to 1000 of them.
+    let gw = start(&config(
+        &up,
+        &entry("hostile", &hostile, true, declared, ""),
+    ));
+    assert_eq!(
+        reuse_listing(&gw).await,
+        [("hostile".to_string(), json!(true), json!(1000))]
+    );
+    assert_eq!(
+        hostile_counts(&gw, &up, None).await,
+        ["count=1", "count=2", "count=3", "count=4"]
+    );
+    drop(gw);
+
+    // The operator's bound wins, and 0 means fresh instances.
+    let gw = start(&config(
+        &up,
+        &entry("hostile", &hostile, true, declared, "reuse_instances = 2"),
+    ));
+    assert_eq!(
+        hostile_counts(&gw, &up, None).await,
+        ["count=1", "count=2", "count=1", "count=2"]
+    );
+    drop(gw);
+    let gw = start(&config(
+        &up,
+        &entry("hostile", &hostile, true, declared, "reuse_instances = 0"),
+    ));
+    assert_eq!(
+        reuse_listing(&gw).await,
+        [("hostile".to_string(), json!(true), json!(0))]
+    );
+    assert_eq!(hostile_counts(&gw, &up, None).await, ["count=1"; 4]);
+    drop(gw);
+
+    // Not declared: fresh instances, as before.
+    let gw = start(&config(&up, &entry("hostile", &hostile, true, "{}", "")));
+    assert_eq!(
+        reuse_listing(&gw).await,
+        [("hostile".to_string(), json!(false), json!(0))]
+    );
+    assert_eq!(hostile_counts(&gw, &up, None).await, ["count=1"; 4]);
+    drop(gw);
+
+    // The example guardrails declare themselves stateless.
+    let extra = ["pii-redact", "prompt-injection", "blocklist", "allow-all"]
+        .iter()
+        .map(|name| {
+            let config = if *name == "blocklist" {
+                "{ deny = [\"forbidden\"] }"
+            } else {
+                "{}"
+            };
+            entry(name, &policy(name), true, config, "")
+        })
+        .collect::<String>();
+    let gw = start(&config(&up, &extra));
+    assert_eq!(
+        reuse_listing(&gw).await,
+        [
+            ("pii-redact".to_string(), json!(true), json!(1000)),
+            ("prompt-injection".to_string(), json!(true), json!(1000)),
+            ("blocklist".to_string(), json!(true), json!(1000)),
+            ("allow-all".to_string(), json!(false), json!(0)),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_instances_never_take_a_requests_place_in_the_pool() {
+    // One instance in the request budget; a stateless guardrail keeps team
+    // A's instance idle after its request. Team B's request still gets
+    // the budget's one slot (an instance of its own: instances never cross
+    // keys), and team A's next request gets its idle instance back.
+    let up = MockUpstream::start().await;
+    let cfg = config(
+        &up,
+        &entry(
+            "hostile",
+            &guest("hostile"),
+            true,
+            "{ declare_stateless = true }",
+            "",
+        ),
+    )
+    .replace(
+        "admin_listen = \"127.0.0.1:0\"",
+        "admin_listen = \"127.0.0.1:0\"\npolicy_instances = 1",
+    ) + "\n[[keys]]\nname = \"team-a\"\nkey = \"sk-team-a\"\n\n[[keys]]\nname = \"team-b\"\nkey = \"sk-team-b\"\n";
+    let gw = start(&cfg);
+    let url = gw.url("/v1/chat/completions");
+    let mut seen = Vec::new();
+    for key in ["sk-team-a", "sk-team-b", "sk-team-a", "sk-team-b"] {
+        let r = post_json(&url, &chat_body("HOSTILE:count"), Some(key)).await;
+        assert_eq!(r.status, 200, "{key}: {}", r.text());
+        let content = up.last().body["messages"][0]["content"].clone();
+        seen.push(format!("{key} {}", content.as_str().unwrap()));
+    }
+    assert_eq!(
+        seen,
+        [
+            "sk-team-a count=1",
+            "sk-team-b count=1",
+            "sk-team-a count=2",
+            "sk-team-b count=2",
         ]
     );
 }

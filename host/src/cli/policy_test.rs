@@ -153,7 +153,7 @@ pub fn run(file: &Path, cases_path: &Path, policy_config: &str) -> ExitCode {
         timeout_ms: 1000,
         memory_mb: 128,
         max_hold_bytes: 1 << 20,
-        reuse_instances: 0,
+        reuse_instances: Some(0),
     };
     rt.block_on(async {
         let policy = match runtime.load_file(&policy_config, file).await {

@@ -131,6 +131,10 @@ impl Gateway {
                     "last_error": errors.get(&e.config.name),
                     "hooks": (e.config.kind == PolicyKind::Guardrail)
                         .then(|| e.policy.hooks.names()),
+                    "stateless": (e.config.kind == PolicyKind::Guardrail)
+                        .then_some(e.policy.stateless),
+                    "reuse_instances": (e.config.kind == PolicyKind::Guardrail)
+                        .then_some(e.policy.limits.reuse),
                 })
             })
             .collect();

@@ -43,6 +43,13 @@ const TICK: Duration = Duration::from_millis(1);
 /// in the budget.
 pub const SPARE_SLOTS: u32 = 32;
 
+/// Pool slots for idle instances kept for reuse (`reuse_instances`, or a
+/// guardrail that declares itself stateless), so they never take a
+/// request's place in the budget either: a request that takes one takes a
+/// slot of the budget for it, and an instance done with its request is
+/// freed instead of kept while these are all taken.
+pub const IDLE_SLOTS: u32 = 64;
+
 /// Engine settings from the gateway's config.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
@@ -91,6 +98,8 @@ pub struct PolicyEngine {
     permits: Arc<Semaphore>,
     /// Slots for instances that serve no request ([`SPARE_SLOTS`]).
     spare_permits: Arc<Semaphore>,
+    /// Slots for idle instances kept for reuse ([`IDLE_SLOTS`]).
+    idle_permits: Arc<Semaphore>,
     cache_dir: Option<PathBuf>,
     compat: String,
     pooled: bool,
@@ -176,7 +185,7 @@ impl PolicyEngine {
     /// Build the engine: pooled if the address space allows, else on demand.
     pub fn new(options: &EngineOptions) -> anyhow::Result<PolicyEngine> {
         let max_memory = (options.max_memory_mb as usize) << 20;
-        let slots = options.instances + SPARE_SLOTS;
+        let slots = options.instances + SPARE_SLOTS + IDLE_SLOTS;
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(slots)
             .total_core_instances(slots * 4)
@@ -232,6 +241,7 @@ impl PolicyEngine {
             linker,
             permits: Arc::new(Semaphore::new(options.instances as usize)),
             spare_permits: Arc::new(Semaphore::new(SPARE_SLOTS as usize)),
+            idle_permits: Arc::new(Semaphore::new(IDLE_SLOTS as usize)),
             cache_dir: options.cache_dir.clone(),
             compat,
             pooled: is_pooled,
@@ -310,6 +320,12 @@ impl PolicyEngine {
     /// taken.
     pub fn try_spare_permit(&self) -> Option<OwnedSemaphorePermit> {
         self.spare_permits.clone().try_acquire_owned().ok()
+    }
+
+    /// A slot for an idle instance kept for reuse, or `None` when the idle
+    /// slots are all taken.
+    pub fn try_idle_permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.idle_permits.clone().try_acquire_owned().ok()
     }
 
     /// Epoch ticks for a deadline of `ms` milliseconds (at least one tick,

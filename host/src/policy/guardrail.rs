@@ -86,15 +86,17 @@ struct Live {
     uses: u32,
 }
 
-/// An instance kept between requests (`reuse_instances`); it keeps its
-/// slot in the instance budget while idle. It only serves requests of the
-/// virtual key it served before: a reused instance never crosses tenants.
+/// An instance kept between requests (`reuse_instances`, or a guardrail
+/// that declared itself stateless). While idle it holds one of the idle
+/// slots (`engine::IDLE_SLOTS`), not a request's place in the budget. It
+/// only serves requests of the virtual key it served before: a reused
+/// instance never crosses tenants.
 pub(super) struct Idle {
     /// The key name of the requests it served (`None` on an open gateway).
     tenant: Option<String>,
     store: Store<PolicyState>,
     bindings: Guardrail,
-    permit: OwnedSemaphorePermit,
+    _slot: OwnedSemaphorePermit,
     uses: u32,
 }
 
@@ -381,26 +383,6 @@ impl GuardChain {
             if !policy.hooks.requests && !policy.hooks.responses {
                 continue;
             }
-            let reused = (policy.limits.reuse > 0)
-                .then(|| {
-                    let mut idle = policy.idle.lock();
-                    let at = idle.iter().rposition(|i| i.tenant == ctx.key_name)?;
-                    Some(idle.remove(at))
-                })
-                .flatten();
-            if let Some(idle) = reused {
-                let mut store = idle.store;
-                store.data_mut().serve(request_id.clone());
-                guard.live = Some(Live {
-                    store,
-                    bindings: idle.bindings,
-                    response: None,
-                    permit: idle.permit,
-                    uses: idle.uses,
-                });
-                guards.push(guard);
-                continue;
-            }
             let Some(permit) = runtime.engine.try_permit() else {
                 // Never fail open here: a flood must not switch guardrails off.
                 metrics::counter!("weir_policy_errors_total", "policy" => policy.name.clone(), "kind" => "pool_full")
@@ -411,6 +393,27 @@ impl GuardChain {
                     reason: "the policy instance pool is full (server.policy_instances)".into(),
                 });
             };
+            let reused = (policy.limits.reuse > 0)
+                .then(|| {
+                    let mut idle = policy.idle.lock();
+                    let at = idle.iter().rposition(|i| i.tenant == ctx.key_name)?;
+                    Some(idle.remove(at))
+                })
+                .flatten();
+            if let Some(idle) = reused {
+                // Its idle slot is freed: it serves under the request's.
+                let mut store = idle.store;
+                store.data_mut().serve(request_id.clone());
+                guard.live = Some(Live {
+                    store,
+                    bindings: idle.bindings,
+                    response: None,
+                    permit,
+                    uses: idle.uses,
+                });
+                guards.push(guard);
+                continue;
+            }
             if policy.limits.reuse == 0 {
                 stocked.push(policy.clone());
                 let fresh = {
@@ -541,9 +544,10 @@ impl GuardChain {
             // Freed off the request's way to the upstream: dropping a store
             // resets its memory.
             let tenant = self.info.key_name.clone();
+            let runtime = self.runtime.clone();
             tokio::spawn(async move {
                 for guard in done {
-                    retire(guard, &tenant).await;
+                    retire(guard, &tenant, &runtime).await;
                 }
             });
         }
@@ -757,7 +761,7 @@ impl GuardChain {
     /// inline (as the benchmarks do), it is the whole teardown.
     pub async fn finish(mut self) {
         for guard in std::mem::take(&mut self.guards) {
-            retire(guard, &self.info.key_name).await;
+            retire(guard, &self.info.key_name, &self.runtime).await;
         }
         for policy in std::mem::take(&mut self.stocked) {
             restock(&self.runtime, &policy).await;
@@ -779,7 +783,7 @@ impl GuardChain {
             .into_iter()
             .partition(|g| g.policy.limits.reuse > 0);
         for guard in reused {
-            retire(guard, &self.info.key_name).await;
+            retire(guard, &self.info.key_name, &self.runtime).await;
         }
         for guard in &mut fresh {
             let Some(live) = &mut guard.live else {
@@ -883,10 +887,10 @@ async fn make_fresh(
 
 /// A guard whose request (and response, if it has one) ended cleanly: its
 /// instance goes back to the policy's idle list, for `tenant`'s next
-/// request, if the policy opted into reuse and the instance has uses left
-/// (its response guard dropped first), else it is freed. A full list
-/// makes room by freeing its oldest instance.
-async fn retire(guard: Guard, tenant: &Option<String>) {
+/// request, if the policy reuses instances, the instance has uses left and
+/// an idle slot is free (its response guard dropped first), else it is
+/// freed. A full list makes room by freeing its oldest instance.
+async fn retire(guard: Guard, tenant: &Option<String>, runtime: &PolicyRuntime) {
     let Some(mut live) = guard.live else { return };
     let policy = &guard.policy;
     if policy.limits.reuse == 0 || live.uses + 1 >= policy.limits.reuse {
@@ -898,6 +902,9 @@ async fn retire(guard: Guard, tenant: &Option<String>) {
             return;
         }
     }
+    let Some(slot) = runtime.engine.try_idle_permit() else {
+        return;
+    };
     let evicted = {
         let mut idle = policy.idle.lock();
         let evicted = (idle.len() >= MAX_IDLE).then(|| idle.remove(0));
@@ -905,7 +912,7 @@ async fn retire(guard: Guard, tenant: &Option<String>) {
             tenant: tenant.clone(),
             store: live.store,
             bindings: live.bindings,
-            permit: live.permit,
+            _slot: slot,
             uses: live.uses + 1,
         });
         evicted

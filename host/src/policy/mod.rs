@@ -28,6 +28,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use sha2::{Digest, Sha256};
+use tracing::info;
 use wasmtime::component::{Component, ComponentExportIndex, ResourceAny};
 
 use crate::config::{OnError, PolicyConfig, PolicyKind};
@@ -110,11 +111,48 @@ impl Hooks {
     }
 }
 
-/// The `needs` function of a component's `guardrail-hooks` export, if it
-/// has one.
-fn hooks_export(component: &Component) -> Option<ComponentExportIndex> {
-    let interface = component.get_export_index(None, bindings::hooks::INTERFACE)?;
-    component.get_export_index(Some(&interface), "needs")
+/// The functions of a component's `guardrail-hooks` export it has (both
+/// optional: components built before `stateless` existed export `needs`
+/// alone).
+#[derive(Default)]
+struct HooksExport {
+    needs: Option<ComponentExportIndex>,
+    stateless: Option<ComponentExportIndex>,
+}
+
+impl HooksExport {
+    fn of(component: &Component) -> Self {
+        let Some(interface) = component.get_export_index(None, bindings::hooks::INTERFACE) else {
+            return Self::default();
+        };
+        Self {
+            needs: component.get_export_index(Some(&interface), "needs"),
+            stateless: component.get_export_index(Some(&interface), "stateless"),
+        }
+    }
+}
+
+/// What a guardrail said about itself at load (`guardrail-hooks`).
+#[derive(Debug, Clone, Copy)]
+struct Declared {
+    hooks: Hooks,
+    stateless: bool,
+}
+
+/// Requests one instance of a guardrail that declares itself stateless
+/// serves when its config does not say (`reuse_instances` unset).
+pub const STATELESS_REUSE: u32 = 1000;
+
+/// How many requests one instance serves (0: a fresh one per request): the
+/// operator's `reuse_instances` if set; else [`STATELESS_REUSE`] for a
+/// guardrail that declared itself stateless and is safe to reuse (`hazard`
+/// is [`reuse_hazard`]'s answer), else 0.
+fn reuse_bound(configured: Option<u32>, stateless: bool, hazard: Option<&str>) -> u32 {
+    match configured {
+        Some(n) => n,
+        None if stateless && hazard.is_none() => STATELESS_REUSE,
+        None => 0,
+    }
 }
 
 /// A policy's limits and failure handling from its config.
@@ -181,6 +219,8 @@ pub struct Policy {
     pub load_time: Duration,
     /// The guardrail hooks called (`Hooks::ALL` for routers and pricing).
     pub hooks: Hooks,
+    /// The guardrail declared itself stateless (`guardrail-hooks.stateless`).
+    pub stateless: bool,
     meta: Arc<PolicyMeta>,
     pre: Pre,
     metrics: PolicyMetrics,
@@ -254,10 +294,9 @@ impl PolicyRuntime {
     ) -> Result<Arc<Policy>, LoadError> {
         let started = Instant::now();
         check_header(&bytes)?;
-        if config.reuse_instances > 0
-            && let Some(reason) = reuse_hazard(&bytes)
-        {
-            return Err(LoadError::UnsafeReuse(reason));
+        let hazard = reuse_hazard(&bytes);
+        if let (Some(1..), Some(reason)) = (config.reuse_instances, &hazard) {
+            return Err(LoadError::UnsafeReuse(reason.clone()));
         }
         let digest = digest(&bytes);
         let this = self.clone();
@@ -289,8 +328,8 @@ impl PolicyRuntime {
             }
         };
         let hooks = match config.kind {
-            PolicyKind::Guardrail => hooks_export(&component),
-            PolicyKind::Router | PolicyKind::Pricing => None,
+            PolicyKind::Guardrail => HooksExport::of(&component),
+            PolicyKind::Router | PolicyKind::Pricing => HooksExport::default(),
         };
         let config_json = serde_json::to_string(&config.config).unwrap_or_else(|_| "{}".into());
         let policy = Policy {
@@ -304,11 +343,13 @@ impl PolicyRuntime {
                 ticks: PolicyEngine::ticks(config.timeout_ms),
                 timeout_ms: config.timeout_ms,
                 max_hold_bytes: config.max_hold_bytes,
-                reuse: config.reuse_instances,
+                // Set once the smoke call has asked whether it is stateless.
+                reuse: 0,
             },
             compiled,
             load_time: Duration::ZERO,
             hooks: Hooks::ALL,
+            stateless: false,
             meta: Arc::new(PolicyMeta {
                 name: config.name.as_str().into(),
                 config_json,
@@ -322,22 +363,37 @@ impl PolicyRuntime {
             no_stock: AtomicBool::new(false),
         };
         let mut policy = policy;
-        policy.hooks = self.smoke(&policy, hooks.as_ref()).await?;
+        let declared = self.smoke(&policy, &hooks).await?;
+        policy.hooks = declared.hooks;
+        policy.stateless = declared.stateless;
+        policy.limits.reuse = reuse_bound(
+            config.reuse_instances,
+            declared.stateless,
+            hazard.as_deref(),
+        );
+        if declared.stateless && policy.limits.reuse == 0 {
+            let why = match &hazard {
+                Some(reason) if config.reuse_instances.is_none() => reason.as_str(),
+                _ => "reuse_instances = 0 in its config",
+            };
+            info!(policy = %policy.name, reason = why, "the guardrail declares itself stateless; fresh instances anyway");
+        }
         policy.load_time = started.elapsed();
         Ok(Arc::new(policy))
     }
 
     /// Call the policy once on a synthetic request with its production
     /// limits; any trap, timeout or policy error rejects the load. A
-    /// guardrail is first asked which hooks it needs (if `hooks` is its
-    /// `guardrail-hooks.needs` export), and only those are called; the
-    /// answer is returned. A guardrail export of the wrong type (found on
-    /// this first instance) is a wrong world.
+    /// guardrail is first asked which hooks it needs and whether it is
+    /// stateless (the `guardrail-hooks` functions it exports, in `hooks`),
+    /// and only the hooks it needs are called; the answers are returned. A
+    /// guardrail export of the wrong type (found on this first instance) is
+    /// a wrong world.
     async fn smoke(
         self: &Arc<Self>,
         policy: &Policy,
-        hooks: Option<&ComponentExportIndex>,
-    ) -> Result<Hooks, LoadError> {
+        hooks: &HooksExport,
+    ) -> Result<Declared, LoadError> {
         let info = wit::RequestInfo {
             request_id: "weir-smoke-test".into(),
             key_name: None,
@@ -378,7 +434,7 @@ impl PolicyRuntime {
                     None => err(e),
                 })?;
                 let instance = g.instance();
-                let declared = match hooks {
+                let needs = match &hooks.needs {
                     None => Hooks::ALL,
                     Some(index) => {
                         let hooks = instance
@@ -394,14 +450,32 @@ impl PolicyRuntime {
                         }
                     }
                 };
+                let stateless = match &hooks.stateless {
+                    None => false,
+                    Some(index) => {
+                        let stateless = instance
+                            .get_typed_func::<(), (bool,)>(&mut store, index)
+                            .map_err(|e| {
+                            wrong(format!(
+                                "guardrail-hooks.stateless has the wrong type: {e:#}"
+                            ))
+                        })?;
+                        store.set_epoch_deadline(ticks);
+                        stateless.call_async(&mut store, ()).await.map_err(err)?.0
+                    }
+                };
+                let declared = Declared {
+                    hooks: needs,
+                    stateless,
+                };
                 let flow = async {
-                    if declared.requests {
+                    if declared.hooks.requests {
                         store.set_epoch_deadline(ticks);
                         g.call_on_request(&mut store, &info, &req)
                             .await?
                             .map_err(wasmtime::Error::msg)?;
                     }
-                    if !declared.responses {
+                    if !declared.hooks.responses {
                         return Ok(());
                     }
                     store.set_epoch_deadline(ticks);
@@ -435,7 +509,10 @@ impl PolicyRuntime {
                         "route returned an out-of-range index: {order:?}"
                     )));
                 }
-                Ok(Hooks::ALL)
+                Ok(Declared {
+                    hooks: Hooks::ALL,
+                    stateless: false,
+                })
             }
             Pre::Pricing(pre) => {
                 let b = pre.instantiate_async(&mut store).await.map_err(err)?;
@@ -458,7 +535,10 @@ impl PolicyRuntime {
                     .await
                     .map_err(err)?
                     .map_err(LoadError::Smoke)?;
-                Ok(Hooks::ALL)
+                Ok(Declared {
+                    hooks: Hooks::ALL,
+                    stateless: false,
+                })
             }
         }
     }
@@ -665,7 +745,7 @@ fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
 /// get fresh instances only. A Go guest is recognised by the `producers`
 /// section (`language: Go`, `processed-by: Go cmd/compile`, `TinyGo`,
 /// `wit-bindgen-go`) or Go's `go:buildid` section, in the component or any
-/// module nested in it. Only read when `reuse_instances` is set.
+/// module nested in it.
 pub fn reuse_hazard(bytes: &[u8]) -> Option<String> {
     use wasmparser::{KnownCustom, Parser, Payload};
     let go = |what: String| {
@@ -732,6 +812,26 @@ mod price_tests {
         assert!(matches!(wit_phase(PricePhase::Estimate), Phase::Estimate));
         assert!(matches!(wit_phase(PricePhase::Actual), Phase::Actual));
         assert_eq!(PolicyUsage::default().input_tokens, 0);
+    }
+}
+
+#[cfg(test)]
+mod reuse_bound_tests {
+    use super::{STATELESS_REUSE, reuse_bound};
+
+    #[test]
+    fn the_operator_decides_else_a_stateless_declaration_else_fresh() {
+        let go = Some("built with Go");
+        // The operator's number wins, declared or not (a Go guest with a
+        // number never loads: `LoadError::UnsafeReuse`).
+        assert_eq!(reuse_bound(Some(0), true, None), 0);
+        assert_eq!(reuse_bound(Some(7), true, None), 7);
+        assert_eq!(reuse_bound(Some(7), false, None), 7);
+        // Unset: a stateless declaration gets the default bound, unless
+        // the component is unsafe to reuse.
+        assert_eq!(reuse_bound(None, true, None), STATELESS_REUSE);
+        assert_eq!(reuse_bound(None, true, go), 0);
+        assert_eq!(reuse_bound(None, false, None), 0);
     }
 }
 

@@ -11,7 +11,11 @@
 //!   and hold the rest, or block streamed response text;
 //! - `on_end(&mut self, index, held, full)` — the last word on a choice;
 //! - `new_response(info)` — build the per-response state (default:
-//!   `Default::default()`).
+//!   `Default::default()`);
+//! - `hooks()` — which hooks the gateway calls (default: all), and
+//!   `stateless()` — `true` if nothing of a request stays in statics once
+//!   its response is over, so one instance may serve many requests
+//!   (default: `false`, a fresh instance per request).
 //!
 //! Read the config with `weir_policy::config::<YourConfig>()`, log with
 //! `weir_policy::log`, keep counters in `weir_policy::kv`. Test natively with

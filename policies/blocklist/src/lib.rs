@@ -241,6 +241,12 @@ impl Guardrail for Blocklist {
         .unwrap_or(Hooks::all())
     }
 
+    /// Nothing of a request outlives its response (statics hold only the
+    /// parsed config), so one instance may serve many requests.
+    fn stateless() -> bool {
+        true
+    }
+
     fn on_request(_info: RequestInfo, req: ChatRequest) -> Result<RequestVerdict> {
         with_settings(|settings| check_request(settings, req))
     }

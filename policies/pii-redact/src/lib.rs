@@ -251,6 +251,12 @@ impl Guardrail for PiiRedact {
         hooks
     }
 
+    /// Nothing of a request outlives its response (statics hold only the
+    /// parsed config), so one instance may serve many requests.
+    fn stateless() -> bool {
+        true
+    }
+
     fn on_request(_info: RequestInfo, req: ChatRequest) -> Result<RequestVerdict> {
         Ok(check_request(&config()?, req))
     }

@@ -212,6 +212,12 @@ impl Guardrail for PromptInjection {
         Hooks::REQUESTS
     }
 
+    /// Nothing of a request outlives its response (statics hold only the
+    /// parsed config), so one instance may serve many requests.
+    fn stateless() -> bool {
+        true
+    }
+
     fn on_request(_info: RequestInfo, req: ChatRequest) -> Result<RequestVerdict> {
         Ok(check_request(&settings()?, &req))
     }

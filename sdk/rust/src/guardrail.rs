@@ -28,8 +28,9 @@ pub use wit::{ChunkVerdict, Partial, RequestVerdict};
 /// one value; `index` tells the choices apart.
 ///
 /// The gateway gives every request a fresh instance of the component, so
-/// nothing a policy keeps in statics crosses requests — unless the operator
-/// opts into instance reuse, so don't rely on either.
+/// nothing a policy keeps in statics crosses requests — unless the policy
+/// declares itself [`stateless`](Guardrail::stateless) or the operator opts
+/// into instance reuse, so don't rely on either.
 pub trait Guardrail: Default + 'static {
     /// Which hooks the gateway calls: asked once when the policy is loaded
     /// (so it may read [`config`](crate::config)), not per request. The
@@ -42,6 +43,22 @@ pub trait Guardrail: Default + 'static {
     /// [`on_request`](Guardrail::on_request).
     fn hooks() -> Hooks {
         Hooks::all()
+    }
+
+    /// Whether this guardrail is stateless: `true` promises that nothing of
+    /// a request stays in the instance's memory once its response is over
+    /// (no request text or per-request counters in statics; a cache of
+    /// what it read from [`config`](crate::config) is fine). Asked once
+    /// when the policy is loaded. The default is `false`.
+    ///
+    /// A stateless guardrail skips most of the cost of a fresh instance per
+    /// request: the gateway lets one instance serve up to 1000 requests of
+    /// one virtual key (never another key's, never after a failure), unless
+    /// the operator's `reuse_instances` says otherwise. The per-response
+    /// value of the implementing type is still made anew for every
+    /// response, so it may hold anything.
+    fn stateless() -> bool {
+        false
     }
 
     /// Inspect a request before it is routed: allow it, deny it, or rewrite
@@ -190,6 +207,10 @@ impl<T: Guardrail> wit::Guest for GuardrailExport<T> {
 impl<T: Guardrail> hooks_wit::Guest for GuardrailExport<T> {
     fn needs() -> Hooks {
         T::hooks()
+    }
+
+    fn stateless() -> bool {
+        T::stateless()
     }
 }
 

@@ -15,13 +15,16 @@
 //!   `on-request` calls so far (shows whether instances are reused)
 //! - request metadata `hostile = "trap-guard"` — trap in the
 //!   `response-guard` constructor
+//! - config `{ declare_stateless = true }` — declare itself stateless
+//!   (`guardrail-hooks.stateless`), though `HOSTILE:count` shows it is not
 
 wit_bindgen::generate!({
     path: "../../../wit",
-    world: "guardrail-policy",
+    world: "guardrail-policy-with-hooks",
 });
 
 use exports::weir::policy::guardrail::{ChunkVerdict, Guest, GuestResponseGuard, RequestVerdict};
+use exports::weir::policy::guardrail_hooks::{self, Hooks};
 use weir::policy::types::{ChatRequest, Message, RequestInfo};
 
 struct Hostile;
@@ -91,6 +94,16 @@ impl Guest for Hostile {
                 ..req.messages[0].clone()
             }])),
         }
+    }
+}
+
+impl guardrail_hooks::Guest for Hostile {
+    fn needs() -> Hooks {
+        Hooks::all()
+    }
+
+    fn stateless() -> bool {
+        weir::policy::host::config().contains("declare_stateless")
     }
 }
 
