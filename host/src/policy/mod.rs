@@ -10,8 +10,10 @@
 //! Cost model (numbers from `cargo bench --bench policy`): compiling happens
 //! once per digest (and is cached on disk); `instantiate_pre` once per load;
 //! a request pays a fresh store + instance per guardrail (pooled memory, so
-//! tens of microseconds for a Rust guest) and one call per hook; a streamed
-//! chunk pays one call per guardrail on a live instance.
+//! tens of microseconds for a Rust guest) — or, for a guardrail that
+//! declares itself stateless or whose config sets `reuse_instances`, takes
+//! an idle instance that served the same virtual key — and one call per
+//! hook; a streamed chunk pays one call per guardrail on a live instance.
 
 mod bindings;
 mod engine;
