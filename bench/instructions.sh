@@ -52,9 +52,11 @@ PY
 
 sed "s#@ROOT@#$root#g" bench/weir.toml > "$work/weir.toml"
 # A small instance pool: valgrind cannot reserve the default one's address
-# space, and weir would fall back to on-demand instances (it logs so),
-# which is not the path a fresh instance takes in production.
-sed -e "s#@ROOT@#$root#g" -e 's#^\[server\]$#[server]\npolicy_instances = 16#' \
+# space, and weir would fall back to on-demand instances (it logs so; the
+# count below stops then), which is not the path a fresh instance takes in
+# production. 8 + 32 spare + 8 idle slots, 512 MiB of address space each,
+# fit; 16 + 32 + 16 do not.
+sed -e "s#@ROOT@#$root#g" -e 's#^\[server\]$#[server]\npolicy_instances = 8#' \
     bench/weir-policies.toml > "$work/weir-policies.toml"
 # The guardrails declare themselves stateless, so the config above reuses
 # their instances; this one makes them fresh per request.
@@ -76,6 +78,10 @@ count() {
         sleep 0.2
     done
     python3 "$work/load.py" "$port" 0 30 "$key" "$kind"
+    if grep -q "falling back to on-demand allocation" "$out.log"; then
+        echo "$label: valgrind could not reserve the instance pool; lower policy_instances above" >&2
+        exit 1
+    fi
     callgrind_control -z "$vg" >/dev/null
     python3 "$work/load.py" "$port" 1000 "$n" "$key" "$kind"
     callgrind_control -d "$vg" >/dev/null

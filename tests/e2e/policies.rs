@@ -680,10 +680,11 @@ async fn guardrails_that_declare_themselves_stateless_reuse_instances_unless_the
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_instances_never_take_a_requests_place_in_the_pool() {
-    // One instance in the request budget; a stateless guardrail keeps team
-    // A's instance idle after its request. Team B's request still gets
-    // the budget's one slot (an instance of its own: instances never cross
-    // keys), and team A's next request gets its idle instance back.
+    // One instance in the request budget (and so one idle slot); a
+    // stateless guardrail keeps team A's instance idle after its request.
+    // Team B's request still gets the budget's one slot (an instance of
+    // its own: instances never cross keys), which is freed after it, the
+    // idle slot being A's; team A's next request gets its instance back.
     let up = MockUpstream::start().await;
     let cfg = config(
         &up,
@@ -714,7 +715,7 @@ async fn idle_instances_never_take_a_requests_place_in_the_pool() {
             "sk-team-a count=1",
             "sk-team-b count=1",
             "sk-team-a count=2",
-            "sk-team-b count=2",
+            "sk-team-b count=1",
         ]
     );
 }

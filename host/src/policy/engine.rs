@@ -47,7 +47,9 @@ pub const SPARE_SLOTS: u32 = 32;
 /// guardrail that declares itself stateless), so they never take a
 /// request's place in the budget either: a request that takes one takes a
 /// slot of the budget for it, and an instance done with its request is
-/// freed instead of kept while these are all taken.
+/// freed instead of kept while these are all taken. No more than
+/// `server.policy_instances`: more instances than that never serve at
+/// once, so more could never all be needed again.
 pub const IDLE_SLOTS: u32 = 64;
 
 /// Engine settings from the gateway's config.
@@ -185,7 +187,8 @@ impl PolicyEngine {
     /// Build the engine: pooled if the address space allows, else on demand.
     pub fn new(options: &EngineOptions) -> anyhow::Result<PolicyEngine> {
         let max_memory = (options.max_memory_mb as usize) << 20;
-        let slots = options.instances + SPARE_SLOTS + IDLE_SLOTS;
+        let idle_slots = IDLE_SLOTS.min(options.instances);
+        let slots = options.instances + SPARE_SLOTS + idle_slots;
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(slots)
             .total_core_instances(slots * 4)
@@ -241,7 +244,7 @@ impl PolicyEngine {
             linker,
             permits: Arc::new(Semaphore::new(options.instances as usize)),
             spare_permits: Arc::new(Semaphore::new(SPARE_SLOTS as usize)),
-            idle_permits: Arc::new(Semaphore::new(IDLE_SLOTS as usize)),
+            idle_permits: Arc::new(Semaphore::new(idle_slots as usize)),
             cache_dir: options.cache_dir.clone(),
             compat,
             pooled: is_pooled,
