@@ -50,14 +50,14 @@ for i in range(first, first + n):
         sys.exit(f"{reply.status}: {data[:200]!r}")
 PY
 
-sed "s#@ROOT@#$root#g" bench/weir.toml > "$work/weir.toml"
-# A small instance pool: valgrind cannot reserve the default one's address
-# space, and weir would fall back to on-demand instances (it logs so; the
-# count below stops then), which is not the path a fresh instance takes in
-# production. 8 + 32 spare + 8 idle slots, 512 MiB of address space each,
-# fit; 16 + 32 + 16 do not.
-sed -e "s#@ROOT@#$root#g" -e 's#^\[server\]$#[server]\npolicy_instances = 8#' \
-    bench/weir-policies.toml > "$work/weir-policies.toml"
+# A small instance pool (weir makes one even with no policies): valgrind
+# cannot reserve the default one's address space, and weir would fall back
+# to on-demand instances (it logs so; the count below stops then), which is
+# not the path a fresh instance takes in production. 8 + 32 spare + 8 idle
+# slots of 512 MiB of address space each fit; 16 + 32 + 16 do not.
+small_pool='s#^\[server\]$#[server]\npolicy_instances = 8#'
+sed -e "s#@ROOT@#$root#g" -e "$small_pool" bench/weir.toml > "$work/weir.toml"
+sed -e "s#@ROOT@#$root#g" -e "$small_pool" bench/weir-policies.toml > "$work/weir-policies.toml"
 # The guardrails declare themselves stateless, so the config above reuses
 # their instances; this one makes them fresh per request.
 sed -e 's#^global = true$#global = true\nreuse_instances = 0#' \

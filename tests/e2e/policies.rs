@@ -1039,6 +1039,46 @@ fn policy_inspect_and_policy_test() {
         out.contains("\"jo\" → \"\""),
         "each decision is printed: {out}"
     );
+    // pii-redact declares itself stateless, and is: the cases decide the
+    // same on a reused instance.
+    assert!(
+        out.contains("ok   stateless: all 3 cases decided the same"),
+        "{out}"
+    );
+
+    // A guardrail that declares itself stateless but counts its requests
+    // in a global is caught: its second request on a reused instance is
+    // rewritten otherwise.
+    let count = json!({"name": "count", "request": {"messages": [{"role": "user", "content": "HOSTILE:count"}]}, "expect": "rewrite"});
+    std::fs::write(dir.path().join("count.jsonl"), count.to_string()).unwrap();
+    let hostile = guest("hostile");
+    let test_hostile = |config: &str| {
+        run(
+            bin(),
+            &[
+                "policy",
+                "test",
+                hostile.to_str().unwrap(),
+                "--cases",
+                "count.jsonl",
+                "--policy-config",
+                config,
+            ],
+            dir.path(),
+        )
+    };
+    let (code, out, err) = test_hostile("{\"declare_stateless\": true}");
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("FAIL stateless: count decided otherwise on a reused instance"),
+        "{out}"
+    );
+    assert!(out.contains("count=2"), "{out}");
+    assert!(out.contains("1 cases, 1 failed"), "{out}");
+    // Not declared, it is not asked to be.
+    let (code, out, err) = test_hostile("{}");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!out.contains("stateless"), "{out}");
 
     let wrong = json!({"name": "wrong", "request": {"messages": [{"role": "user", "content": "hello"}]}, "expect": "deny"});
     std::fs::write(dir.path().join("wrong.jsonl"), wrong.to_string()).unwrap();

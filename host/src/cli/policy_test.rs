@@ -6,6 +6,11 @@
 //! runs `on-request`; `{"name": "…", "chunks": ["jo", "hn@example.com"], "expect": "pass|block", "expect_output": "…"}`
 //! streams the chunks through a response guard and prints what each
 //! releases. `expect*` fields are optional; any mismatch exits 1.
+//!
+//! Every case runs on a fresh instance. A guardrail that declares itself
+//! stateless then runs them all again, twice over, on one reused instance
+//! (as the gateway would serve them): a case that decides otherwise there
+//! breaks the declaration and fails too.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -17,7 +22,9 @@ use serde_json::{Value, json};
 use crate::chat::ChatRequest;
 use crate::config::{OnError, PolicyConfig, PolicyKind};
 use crate::policy::inspect::inspect as inspect_component;
-use crate::policy::{EngineOptions, GuardChain, MemoryKv, PolicyRuntime, RequestContext, Stop};
+use crate::policy::{
+    EngineOptions, GuardChain, MemoryKv, Policy, PolicyRuntime, RequestContext, Stop,
+};
 
 fn tool_runtime() -> Option<(tokio::runtime::Runtime, Arc<PolicyRuntime>)> {
     let rt = super::runtime()?;
@@ -164,22 +171,14 @@ pub fn run(file: &Path, cases_path: &Path, policy_config: &str) -> ExitCode {
             }
         };
         let mut failures = 0;
+        let mut fresh = Vec::new();
         for (i, case) in cases.iter().enumerate() {
-            let label = case
-                .name
-                .clone()
-                .unwrap_or_else(|| format!("case {}", i + 1));
-            let ctx = RequestContext {
-                request_id: format!("test-{}", i + 1),
-                key_name: None,
-                model: "test".into(),
-                streaming: case.chunks.is_some(),
-                metadata: Vec::new(),
-            };
-            let outcome = match run_case(&runtime, &policy, case, &ctx).await {
+            let label = label(case, i);
+            let outcome = match run_case(&runtime, &policy, case, i).await {
                 Ok(o) => o,
                 Err(e) => {
                     say!("ERROR {label}: {e}");
+                    fresh.push(Err(e));
                     failures += 1;
                     continue;
                 }
@@ -213,6 +212,25 @@ pub fn run(file: &Path, cases_path: &Path, policy_config: &str) -> ExitCode {
                 say!("     {p}");
             }
             failures += usize::from(!problems.is_empty());
+            fresh.push(Ok(outcome));
+        }
+        if policy.stateless {
+            let reused = PolicyConfig {
+                reuse_instances: None,
+                ..policy_config.clone()
+            };
+            match runtime.load_file(&reused, file).await {
+                Ok(reused) if reused.limits.reuse > 0 => {
+                    failures += check_stateless(&runtime, &reused, &cases, &fresh).await;
+                }
+                Ok(_) => {
+                    say!("stateless: declared, but weir never reuses this component's instances")
+                }
+                Err(e) => {
+                    say!("ERROR stateless: the policy did not load again: {e}");
+                    failures += 1;
+                }
+            }
         }
         say!("{} cases, {failures} failed", cases.len());
         if failures == 0 {
@@ -245,21 +263,88 @@ fn read_cases(path: &Path) -> Result<Vec<Case>, String> {
     Ok(cases)
 }
 
+fn label(case: &Case, i: usize) -> String {
+    case.name
+        .clone()
+        .unwrap_or_else(|| format!("case {}", i + 1))
+}
+
+/// Run every case twice over on `policy`'s reused instances (a policy
+/// loaded with instance reuse) and compare each outcome with the one on a
+/// fresh instance; prints the verdict and returns the cases that differed.
+async fn check_stateless(
+    runtime: &Arc<PolicyRuntime>,
+    policy: &Arc<Policy>,
+    cases: &[Case],
+    fresh: &[Result<Outcome, String>],
+) -> usize {
+    let mut differed = vec![false; cases.len()];
+    for round in 0..2 {
+        for (i, case) in cases.iter().enumerate() {
+            let reused = run_case(runtime, policy, case, i).await;
+            if differed[i] || reused == fresh[i] {
+                continue;
+            }
+            differed[i] = true;
+            let show = |o: &Result<Outcome, String>| match o {
+                Ok(o) => format!("{} — {}", o.decision, o.detail),
+                Err(e) => format!("error: {e}"),
+            };
+            say!(
+                "FAIL stateless: {} decided otherwise on a reused instance (round {}): {}; on a fresh one: {}",
+                label(case, i),
+                round + 1,
+                show(&reused),
+                show(&fresh[i])
+            );
+        }
+    }
+    let failed = differed.iter().filter(|d| **d).count();
+    if failed == 0 {
+        say!(
+            "ok   stateless: all {} cases decided the same, twice over, on a reused instance",
+            cases.len()
+        );
+    } else {
+        say!(
+            "     the policy declares itself stateless, yet keeps something between requests: fix it, or make `stateless` return false"
+        );
+    }
+    failed
+}
+
+#[derive(Debug, PartialEq)]
 struct Outcome {
     decision: String,
     detail: String,
     output: String,
 }
 
+/// Run one case on an instance of `policy` (case `i` of the file), then
+/// finish the chain as the gateway does (a reusable instance goes back to
+/// its idle list).
 async fn run_case(
     runtime: &Arc<PolicyRuntime>,
-    policy: &Arc<crate::policy::Policy>,
+    policy: &Arc<Policy>,
     case: &Case,
-    ctx: &RequestContext,
+    i: usize,
 ) -> Result<Outcome, String> {
-    let mut chain = GuardChain::start(runtime, std::slice::from_ref(policy), ctx)
+    let ctx = RequestContext {
+        request_id: format!("test-{}", i + 1),
+        key_name: None,
+        model: "test".into(),
+        streaming: case.chunks.is_some(),
+        metadata: Vec::new(),
+    };
+    let mut chain = GuardChain::start(runtime, std::slice::from_ref(policy), &ctx)
         .await
         .map_err(describe)?;
+    let outcome = decide(&mut chain, case).await;
+    chain.finish().await;
+    outcome
+}
+
+async fn decide(chain: &mut GuardChain, case: &Case) -> Result<Outcome, String> {
     if let Some(request) = &case.request {
         let mut body = request.clone();
         if let Value::Object(map) = &mut body {
