@@ -512,7 +512,7 @@ async fn instances_are_fresh_per_request_unless_reuse_is_opted_into() {
     // The smoke call at load is an instance of its own, never reused.
     let fresh = start(&config(&up, &entry("hostile", &hostile, true, "{}", "")));
     assert_eq!(
-        hostile_counts(&fresh, &up, None).await,
+        hostile_counts(&fresh, &up).await,
         ["count=1"; 4],
         "no state crosses requests"
     );
@@ -520,7 +520,7 @@ async fn instances_are_fresh_per_request_unless_reuse_is_opted_into() {
     // (off the latency path); each serves one request, never called before.
     ready(&fresh, "hostile", 4).await;
     assert_eq!(
-        hostile_counts(&fresh, &up, None).await,
+        hostile_counts(&fresh, &up).await,
         ["count=1"; 4],
         "a stocked instance is as fresh as one made for the request"
     );
@@ -530,7 +530,7 @@ async fn instances_are_fresh_per_request_unless_reuse_is_opted_into() {
         &entry("hostile", &hostile, true, "{}", "reuse_instances = 3"),
     ));
     assert_eq!(
-        hostile_counts(&reused, &up, None).await,
+        hostile_counts(&reused, &up).await,
         ["count=1", "count=2", "count=3", "count=1"],
         "one instance serves at most 3 requests"
     );
@@ -542,24 +542,17 @@ async fn instances_are_fresh_per_request_unless_reuse_is_opted_into() {
         &(config(
             &up,
             &entry("hostile", &hostile, true, "{}", "reuse_instances = 100"),
-        ) + "\n[[keys]]\nname = \"team-a\"\nkey = \"sk-team-a\"\n\n[[keys]]\nname = \"team-b\"\nkey = \"sk-team-b\"\n"),
+        ) + TEAM_KEYS),
     );
-    let url = keyed.url("/v1/chat/completions");
-    let mut seen = Vec::new();
-    for key in [
+    let keys = [
         "sk-team-a",
         "sk-team-b",
         "sk-team-a",
         "sk-team-b",
         "sk-team-a",
-    ] {
-        let r = post_json(&url, &chat_body("HOSTILE:count"), Some(key)).await;
-        assert_eq!(r.status, 200, "{}", r.text());
-        let content = up.last().body["messages"][0]["content"].clone();
-        seen.push(format!("{key} {}", content.as_str().unwrap()));
-    }
+    ];
     assert_eq!(
-        seen,
+        hostile_counts_by_key(&keyed, &up, &keys).await,
         [
             "sk-team-a count=1",
             "sk-team-b count=1",
@@ -570,16 +563,33 @@ async fn instances_are_fresh_per_request_unless_reuse_is_opted_into() {
     );
 }
 
-/// `HOSTILE:count` through `gw` four times with `key`: what each request's
-/// instance had counted (see `instances_are_fresh_per_request_…`).
-async fn hostile_counts(gw: &Gateway, up: &MockUpstream, key: Option<&str>) -> Vec<String> {
+/// Two virtual keys, `sk-team-a` and `sk-team-b`, to add to a config.
+const TEAM_KEYS: &str = "\n[[keys]]\nname = \"team-a\"\nkey = \"sk-team-a\"\n\n[[keys]]\nname = \"team-b\"\nkey = \"sk-team-b\"\n";
+
+/// One `HOSTILE:count` request through `gw` with `key`: `count=N`, N the
+/// requests its instance has served (see `instances_are_fresh_per_request_…`).
+async fn hostile_count(gw: &Gateway, up: &MockUpstream, key: Option<&str>) -> String {
     let url = gw.url("/v1/chat/completions");
+    let r = post_json(&url, &chat_body("HOSTILE:count"), key).await;
+    assert_eq!(r.status, 200, "{key:?}: {}", r.text());
+    let content = up.last().body["messages"][0]["content"].clone();
+    content.as_str().unwrap().to_string()
+}
+
+/// Four `hostile_count`s with no key.
+async fn hostile_counts(gw: &Gateway, up: &MockUpstream) -> Vec<String> {
     let mut seen = Vec::new();
     for _ in 0..4 {
-        let r = post_json(&url, &chat_body("HOSTILE:count"), key).await;
-        assert_eq!(r.status, 200, "{}", r.text());
-        let content = up.last().body["messages"][0]["content"].clone();
-        seen.push(content.as_str().unwrap().to_string());
+        seen.push(hostile_count(gw, up, None).await);
+    }
+    seen
+}
+
+/// A `hostile_count` with each key in turn, as `"<key> count=N"`.
+async fn hostile_counts_by_key(gw: &Gateway, up: &MockUpstream, keys: &[&str]) -> Vec<String> {
+    let mut seen = Vec::new();
+    for key in keys {
+        seen.push(format!("{key} {}", hostile_count(gw, up, Some(key)).await));
     }
     seen
 }
@@ -608,51 +618,45 @@ async fn guardrails_that_declare_themselves_stateless_reuse_instances_unless_the
     let hostile = guest("hostile");
     let declared = "{ declare_stateless = true }";
 
-    // Declared stateless, nothing in the config: one instance serves the
-    // requests, up to 1000 of them.
-    let gw = start(&config(
-        &up,
-        &entry("hostile", &hostile, true, declared, ""),
-    ));
-    assert_eq!(
-        reuse_listing(&gw).await,
-        [("hostile".to_string(), json!(true), json!(1000))]
-    );
-    assert_eq!(
-        hostile_counts(&gw, &up, None).await,
-        ["count=1", "count=2", "count=3", "count=4"]
-    );
-    drop(gw);
-
-    // The operator's bound wins, and 0 means fresh instances.
-    let gw = start(&config(
-        &up,
-        &entry("hostile", &hostile, true, declared, "reuse_instances = 2"),
-    ));
-    assert_eq!(
-        hostile_counts(&gw, &up, None).await,
-        ["count=1", "count=2", "count=1", "count=2"]
-    );
-    drop(gw);
-    let gw = start(&config(
-        &up,
-        &entry("hostile", &hostile, true, declared, "reuse_instances = 0"),
-    ));
-    assert_eq!(
-        reuse_listing(&gw).await,
-        [("hostile".to_string(), json!(true), json!(0))]
-    );
-    assert_eq!(hostile_counts(&gw, &up, None).await, ["count=1"; 4]);
-    drop(gw);
-
-    // Not declared: fresh instances, as before.
-    let gw = start(&config(&up, &entry("hostile", &hostile, true, "{}", "")));
-    assert_eq!(
-        reuse_listing(&gw).await,
-        [("hostile".to_string(), json!(false), json!(0))]
-    );
-    assert_eq!(hostile_counts(&gw, &up, None).await, ["count=1"; 4]);
-    drop(gw);
+    // (the guest's config, the policy's settings, the bound listed, what
+    // four requests' instances had counted)
+    let runs: [(&str, &str, u32, [&str; 4]); 4] = [
+        // Declared stateless, nothing in the config: one instance serves
+        // the requests, up to 1000 of them.
+        (
+            declared,
+            "",
+            1000,
+            ["count=1", "count=2", "count=3", "count=4"],
+        ),
+        // The operator's bound wins, and 0 means fresh instances.
+        (
+            declared,
+            "reuse_instances = 2",
+            2,
+            ["count=1", "count=2", "count=1", "count=2"],
+        ),
+        (declared, "reuse_instances = 0", 0, ["count=1"; 4]),
+        // Not declared: fresh instances, as before.
+        ("{}", "", 0, ["count=1"; 4]),
+    ];
+    for (guest_config, settings, bound, counts) in runs {
+        let gw = start(&config(
+            &up,
+            &entry("hostile", &hostile, true, guest_config, settings),
+        ));
+        let stateless = guest_config == declared;
+        assert_eq!(
+            reuse_listing(&gw).await,
+            [("hostile".to_string(), json!(stateless), json!(bound))],
+            "{guest_config} {settings}"
+        );
+        assert_eq!(
+            hostile_counts(&gw, &up).await,
+            counts,
+            "{guest_config} {settings}"
+        );
+    }
 
     // The example guardrails declare themselves stateless.
     let extra = ["pii-redact", "prompt-injection", "blocklist", "allow-all"]
@@ -699,18 +703,11 @@ async fn idle_instances_never_take_a_requests_place_in_the_pool() {
     .replace(
         "admin_listen = \"127.0.0.1:0\"",
         "admin_listen = \"127.0.0.1:0\"\npolicy_instances = 1",
-    ) + "\n[[keys]]\nname = \"team-a\"\nkey = \"sk-team-a\"\n\n[[keys]]\nname = \"team-b\"\nkey = \"sk-team-b\"\n";
+    ) + TEAM_KEYS;
     let gw = start(&cfg);
-    let url = gw.url("/v1/chat/completions");
-    let mut seen = Vec::new();
-    for key in ["sk-team-a", "sk-team-b", "sk-team-a", "sk-team-b"] {
-        let r = post_json(&url, &chat_body("HOSTILE:count"), Some(key)).await;
-        assert_eq!(r.status, 200, "{key}: {}", r.text());
-        let content = up.last().body["messages"][0]["content"].clone();
-        seen.push(format!("{key} {}", content.as_str().unwrap()));
-    }
+    let keys = ["sk-team-a", "sk-team-b", "sk-team-a", "sk-team-b"];
     assert_eq!(
-        seen,
+        hostile_counts_by_key(&gw, &up, &keys).await,
         [
             "sk-team-a count=1",
             "sk-team-b count=1",
