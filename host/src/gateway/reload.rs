@@ -121,6 +121,8 @@ impl Gateway {
             .iter()
             .filter_map(|name| snap.policies.entries.get(name))
             .map(|e| {
+                // What only guardrails have; `null` for routers and pricing.
+                let guardrail = e.config.kind == PolicyKind::Guardrail;
                 json!({
                     "name": e.config.name,
                     "kind": e.config.kind.to_string(),
@@ -129,12 +131,9 @@ impl Gateway {
                     "loaded_at": rfc3339(e.policy.loaded_at),
                     "source": e.path.display().to_string(),
                     "last_error": errors.get(&e.config.name),
-                    "hooks": (e.config.kind == PolicyKind::Guardrail)
-                        .then(|| e.policy.hooks.names()),
-                    "stateless": (e.config.kind == PolicyKind::Guardrail)
-                        .then_some(e.policy.stateless),
-                    "reuse_instances": (e.config.kind == PolicyKind::Guardrail)
-                        .then_some(e.policy.limits.reuse),
+                    "hooks": guardrail.then(|| e.policy.hooks.names()),
+                    "stateless": guardrail.then_some(e.policy.stateless),
+                    "reuse_instances": guardrail.then_some(e.policy.limits.reuse),
                 })
             })
             .collect();

@@ -296,7 +296,10 @@ impl PolicyRuntime {
     ) -> Result<Arc<Policy>, LoadError> {
         let started = Instant::now();
         check_header(&bytes)?;
-        let hazard = reuse_hazard(&bytes);
+        // Read only where instances may be reused (it walks the component).
+        let hazard = (config.kind == PolicyKind::Guardrail && config.reuse_instances != Some(0))
+            .then(|| reuse_hazard(&bytes))
+            .flatten();
         if let (Some(1..), Some(reason)) = (config.reuse_instances, &hazard) {
             return Err(LoadError::UnsafeReuse(reason.clone()));
         }
