@@ -13,6 +13,7 @@ need_debian() {
 # upstream and weir-load, and every policy.
 build_all() {
     cargo build --profile dist --locked -p weir >&2
+    cargo build --profile dist --locked -p weir --example floor >&2
     cargo build --release --locked -p weir-testkit --bins >&2
     ./dev.sh policies >&2
 }

@@ -64,13 +64,12 @@ sed -e 's#^global = true$#global = true\nreuse_instances = 0#' \
     "$work/weir-policies.toml" > "$work/weir-policies-fresh.toml"
 
 # One row: label, config, key, plain|stream.
+# count LABEL PORT KEY KIND COMMAND...: COMMAND under callgrind, listening on PORT.
 count() {
-    local label=$1 config=$2 key=$3 kind=$4
-    local port out
-    port=$(grep -m1 '^listen' "$config" | sed 's/.*:\([0-9]*\)".*/\1/')
-    out="$work/cg-$RANDOM"
-    RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" \
-        ./target/dist/weir serve --config "$config" 2>"$out.log" &
+    local label=$1 port=$2 key=$3 kind=$4
+    shift 4
+    local out="$work/cg-$RANDOM"
+    RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" "$@" 2>"$out.log" &
     local vg=$!
     pids+=($vg)
     for _ in $(seq 300); do
@@ -92,12 +91,22 @@ count() {
     printf '| %s | %s | %d |\n' "$label" "$kind" $((total / n))
 }
 
+# weir on CONFIG, under callgrind through `count`: LABEL CONFIG KEY KIND.
+count_weir() {
+    local port
+    port=$(grep -m1 '^listen' "$2" | sed 's/.*:\([0-9]*\)".*/\1/')
+    count "$1" "$port" "$3" "$4" ./target/dist/weir serve --config "$2"
+}
+
 echo "| target | request | instructions per request |"
 echo "|---|---|---|"
-count "weir, key without limits" "$work/weir.toml" sk-bench-key-open plain
-count "weir (key with limits)" "$work/weir.toml" sk-bench-key-0001 plain
-count "weir (key with limits)" "$work/weir.toml" sk-bench-key-0001 stream
-count "weir+3 guardrails" "$work/weir-policies.toml" sk-bench-key-0001 plain
-count "weir+3 guardrails" "$work/weir-policies.toml" sk-bench-key-0001 stream
-count "weir+3 guardrails, fresh instances" "$work/weir-policies-fresh.toml" sk-bench-key-0001 plain
-count "weir+3 guardrails, fresh instances" "$work/weir-policies-fresh.toml" sk-bench-key-0001 stream
+floor=(./target/dist/examples/floor 127.0.0.1:18008 http://127.0.0.1:18000)
+count "hyper floor" 18008 - plain "${floor[@]}"
+count "hyper floor" 18008 - stream "${floor[@]}"
+count_weir "weir, key without limits" "$work/weir.toml" sk-bench-key-open plain
+count_weir "weir (key with limits)" "$work/weir.toml" sk-bench-key-0001 plain
+count_weir "weir (key with limits)" "$work/weir.toml" sk-bench-key-0001 stream
+count_weir "weir+3 guardrails" "$work/weir-policies.toml" sk-bench-key-0001 plain
+count_weir "weir+3 guardrails" "$work/weir-policies.toml" sk-bench-key-0001 stream
+count_weir "weir+3 guardrails, fresh instances" "$work/weir-policies-fresh.toml" sk-bench-key-0001 plain
+count_weir "weir+3 guardrails, fresh instances" "$work/weir-policies-fresh.toml" sk-bench-key-0001 stream

@@ -50,6 +50,12 @@ RUST_LOG=warn $pin_proxy ./target/dist/weir serve --config "$work/weir-policies-
 fresh_pid=$!
 pids+=($fresh_pid)
 
+# weir's stack and nothing of weir's own work: the same runtime, allocator,
+# hyper server and pooled client, relaying bytes (host/examples/floor.rs).
+$pin_proxy ./target/dist/examples/floor 127.0.0.1:18008 http://127.0.0.1:18000 2>"$work/floor.log" &
+floor_pid=$!
+pids+=($floor_pid)
+
 mkdir -p "$work/nginx/logs"
 cat > "$work/nginx/nginx.conf" <<NGINX
 worker_processes 1;
@@ -76,7 +82,7 @@ $pin_proxy nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' &
 nginx_pid=$!
 pids+=($nginx_pid)
 
-for port in 18000 18001 18002 18004 18006; do
+for port in 18000 18001 18002 18004 18006 18008; do
     for _ in $(seq 100); do
         (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break
         sleep 0.1
@@ -87,6 +93,7 @@ nginx_workers=$(pgrep -P "$nginx_pid" | paste -sd, -)
 $pin_load ./target/release/weir-load \
     "direct=http://127.0.0.1:18000/v1" \
     "nginx=http://127.0.0.1:18002/v1@$nginx_pid,$nginx_workers" \
+    "hyper floor=http://127.0.0.1:18008/v1@$floor_pid" \
     "weir=http://127.0.0.1:18001/v1@$weir_pid" \
     "weir, key without limits=http://127.0.0.1:18001/v1@$weir_pid#sk-bench-key-open" \
     "weir+3 guardrails=http://127.0.0.1:18004/v1@$guarded_pid" \
