@@ -97,6 +97,11 @@ case "$cmd" in
             log "installing the openai Python SDK (the SDK compatibility test drives weir with it)"
             python3 -m pip install --quiet --disable-pip-version-check openai
         fi
+        if [ ! -f tests/sdk/node_modules/.package-lock.json ] ||
+            [ tests/sdk/package-lock.json -nt tests/sdk/node_modules/.package-lock.json ]; then
+            log "installing the openai JavaScript SDK (npm, into tests/sdk) for the same test"
+            (cd tests/sdk && npm ci --no-audit --no-fund --loglevel=error >&2)
+        fi
         if ! command -v redis-server >/dev/null; then
             log "installing redis-server (Debian package) for the multi-instance tests"
             sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
