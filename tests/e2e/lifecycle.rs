@@ -98,6 +98,122 @@ async fn clients_that_send_headers_too_slowly_are_cut_off() {
     );
 }
 
+/// A gateway whose header-read timeout is 300 ms, in front of `up`.
+fn with_header_timeout_300ms(up: &MockUpstream) -> weir_testkit::gateway::Gateway {
+    start(&config(up, "").replace(
+        "admin_listen = \"127.0.0.1:0\"",
+        "admin_listen = \"127.0.0.1:0\"\nheader_read_timeout_ms = 300",
+    ))
+}
+
+/// Write one HTTP/1.1 request with a JSON body on `conn`.
+async fn send_raw(conn: &mut tokio::net::TcpStream, body: &Value) {
+    let body = body.to_string();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(format!("{head}{body}").as_bytes())
+        .await
+        .unwrap();
+}
+
+/// Read one whole response (content-length or chunked) from `conn`.
+async fn read_raw(conn: &mut tokio::net::TcpStream) -> String {
+    let mut buf = Vec::new();
+    loop {
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some(head_end) = text.find("\r\n\r\n") {
+            let head = text[..head_end].to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map(|n| n.trim().parse::<usize>().unwrap());
+            match length {
+                Some(n) if buf.len() >= head_end + 4 + n => return text,
+                None if text.ends_with("\r\n0\r\n\r\n") => return text,
+                _ => {}
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut chunk))
+            .await
+            .expect("the response arrives")
+            .unwrap();
+        assert!(n > 0, "connection closed mid-response: {text}");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_header_timeout_spares_requests_in_flight_and_closes_idle_connections() {
+    let up = MockUpstream::start().await;
+    // A stream of 8 chunks 100 ms apart: in flight well past the timeout.
+    let pieces: Vec<String> = (0..8).map(|i| format!("p{i} ")).collect();
+    let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
+    up.push(Reply::Chat(
+        Chat::text(&refs).delay(Duration::from_millis(100)),
+    ));
+    let gw = with_header_timeout_300ms(&up);
+    let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    send_raw(&mut conn, &stream_body("long")).await;
+    let stream = read_raw(&mut conn).await;
+    assert!(stream.starts_with("HTTP/1.1 200"), "{stream}");
+    assert!(
+        stream.contains("p7 ") && stream.contains("data: [DONE]"),
+        "{stream}"
+    );
+    // The connection is kept alive for the next request…
+    send_raw(&mut conn, &chat_body("next")).await;
+    let next = read_raw(&mut conn).await;
+    assert!(next.starts_with("HTTP/1.1 200"), "{next}");
+    // …and closed once it has had none for the timeout.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(_))),
+        "an idle connection stays open: {closed:?}"
+    );
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(
+        rest.is_empty() || rest.starts_with("HTTP/1.1 408"),
+        "{rest}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_connections_are_not_closed_for_idling_between_requests() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let up = MockUpstream::start().await;
+    let gw = with_header_timeout_300ms(&up);
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let models = |sender: &mut hyper::client::conn::http2::SendRequest<Empty<bytes::Bytes>>| {
+        let request = http::Request::get(gw.url("/v1/models"))
+            .body(Empty::new())
+            .unwrap();
+        sender.send_request(request)
+    };
+    let first = models(&mut sender).await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.version(), http::Version::HTTP_2);
+    first.into_body().collect().await.unwrap();
+    // Idle for longer than the header-read timeout: an HTTP/1.1
+    // connection is closed by then (the test above); HTTP/2 keeps its own
+    // connection management.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let second = models(&mut sender)
+        .await
+        .expect("the connection is still open");
+    assert_eq!(second.status(), 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_streams_get_exactly_their_own_content() {
     let up = MockUpstream::start().await;
