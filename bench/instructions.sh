@@ -63,7 +63,6 @@ sed -e "s#@ROOT@#$root#g" -e "$small_pool" bench/weir-policies.toml > "$work/wei
 sed -e 's#^global = true$#global = true\nreuse_instances = 0#' \
     "$work/weir-policies.toml" > "$work/weir-policies-fresh.toml"
 
-# One row: label, config, key, plain|stream.
 # count LABEL PORT KEY KIND COMMAND...: COMMAND under callgrind, listening on PORT.
 count() {
     local label=$1 port=$2 key=$3 kind=$4
