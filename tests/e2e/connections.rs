@@ -157,10 +157,8 @@ async fn a_connection_the_upstream_closed_while_idle_is_replaced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_the_client_abandons_closes_its_upstream_connection() {
     let up = MockUpstream::start().await;
-    let pieces: Vec<String> = (0..200).map(|i| format!("w{i} ")).collect();
-    let pieces: Vec<&str> = pieces.iter().map(String::as_str).collect();
     up.set_default(Reply::Chat(
-        Chat::text(&pieces).delay(Duration::from_millis(20)),
+        Chat::numbered("w", 200).delay(Duration::from_millis(20)),
     ));
     let gw = start(&config(&up, ""));
     let mut reader =

@@ -149,10 +149,8 @@ async fn read_raw(conn: &mut tokio::net::TcpStream) -> String {
 async fn the_header_timeout_spares_requests_in_flight_and_closes_idle_connections() {
     let up = MockUpstream::start().await;
     // A stream of 8 chunks 100 ms apart: in flight well past the timeout.
-    let pieces: Vec<String> = (0..8).map(|i| format!("p{i} ")).collect();
-    let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
     up.push(Reply::Chat(
-        Chat::text(&refs).delay(Duration::from_millis(100)),
+        Chat::numbered("p", 8).delay(Duration::from_millis(100)),
     ));
     let gw = with_header_timeout_300ms(&up);
     let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();

@@ -106,6 +106,14 @@ impl Chat {
         }
     }
 
+    /// An answer of `n` numbered pieces: `"{prefix}0 "`, `"{prefix}1 "`, …
+    pub fn numbered(prefix: &str, n: usize) -> Chat {
+        Chat {
+            pieces: Some((0..n).map(|i| format!("{prefix}{i} ")).collect()),
+            ..Chat::default()
+        }
+    }
+
     /// Echo the last user message back, in `chunks` pieces.
     pub fn echo(chunks: usize) -> Chat {
         Chat {
