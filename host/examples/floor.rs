@@ -1,8 +1,9 @@
 //! The floor under weir's CPU per request: the parts of weir's forwarding
 //! path that are not weir's own work, and nothing else.
 //!
-//! The same allocator, tokio runtime, hyper-util server builder (HTTP/1.1
-//! and HTTP/2, header-read timeout, keep-alive) and pooled upstream client
+//! The same allocator, tokio runtime, connection builder
+//! ([`weir::server::connection_builder`]: HTTP/1.1 and HTTP/2, header-read
+//! timeout, keep-alive) and pooled upstream client
 //! ([`weir::providers::HttpClient`]) as `weir serve`, relaying each request
 //! to one upstream and its response back the way weir does: a stream event
 //! by event, a whole answer read whole and then written. No key check, no
@@ -14,8 +15,6 @@
 
 #![forbid(unsafe_code)]
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{Request, Response, StatusCode};
@@ -23,15 +22,12 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
+use weir::config::ServerConfig;
 use weir::providers::HttpClient;
 
 #[global_allocator]
 static ALLOCATOR: weir::alloc::Allocator = weir::alloc::Allocator;
-
-/// What `weir serve` allows a client body by default (SPEC §3).
-const MAX_BODY_BYTES: usize = 4 << 20;
 
 type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 
@@ -50,20 +46,18 @@ fn main() -> anyhow::Result<()> {
 async fn serve(listen: String, upstream: &'static str) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     let client = HttpClient::from_env()?;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
-        .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    // `weir serve`'s defaults: its connection options, its body limit.
+    let server = ServerConfig::default();
+    let builder = weir::server::connection_builder(&server);
+    let max_body_bytes = server.max_body_bytes;
     loop {
         let (stream, _) = listener.accept().await?;
         stream.set_nodelay(true)?;
         let client = client.clone();
         let builder = builder.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| relay(client.clone(), upstream, req));
+            let service =
+                service_fn(move |req| relay(client.clone(), upstream, max_body_bytes, req));
             let _ = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
@@ -76,10 +70,11 @@ async fn serve(listen: String, upstream: &'static str) -> anyhow::Result<()> {
 async fn relay(
     client: HttpClient,
     upstream: &'static str,
+    max_body_bytes: usize,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, std::convert::Infallible> {
     let (parts, body) = req.into_parts();
-    let Ok(body) = Limited::new(body, MAX_BODY_BYTES).collect().await else {
+    let Ok(body) = Limited::new(body, max_body_bytes).collect().await else {
         return Ok(status(StatusCode::BAD_REQUEST));
     };
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());

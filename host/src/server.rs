@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
 use crate::admin;
+use crate::config::ServerConfig;
 use crate::gateway::Gateway;
 
 /// Which API a connection came in on.
@@ -41,13 +42,7 @@ pub async fn run(gw: Arc<Gateway>) -> anyhow::Result<()> {
     let listen = client.local_addr()?;
     let admin_listen = admin.local_addr()?;
 
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(server.header_read_timeout_ms))
-        .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    let builder = connection_builder(server);
     let graceful = GracefulShutdown::new();
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -100,6 +95,19 @@ pub async fn run(gw: Arc<Gateway>) -> anyhow::Result<()> {
     gw.ledger().flush().await;
     info!("exiting");
     Ok(())
+}
+
+/// How every client and admin connection is served: HTTP/1.1 or HTTP/2,
+/// keep-alive, and `server.header_read_timeout_ms` against slow clients.
+pub fn connection_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(server.header_read_timeout_ms))
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    builder
 }
 
 fn serve_connection(

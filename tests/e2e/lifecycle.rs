@@ -70,11 +70,7 @@ async fn sigterm_drain_is_bounded_by_the_grace_period() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_send_headers_too_slowly_are_cut_off() {
     let up = MockUpstream::start().await;
-    let cfg = config(&up, "").replace(
-        "admin_listen = \"127.0.0.1:0\"",
-        "admin_listen = \"127.0.0.1:0\"\nheader_read_timeout_ms = 300",
-    );
-    let gw = start(&cfg);
+    let gw = with_header_timeout_300ms(&up);
     let mut slow = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     slow.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n")
         .await
